@@ -1,0 +1,40 @@
+//! Backend-agnostic API for running local language models.
+//!
+//! A *backend* (MLX in-process, a Python `mlx_lm` bridge, ...) registers
+//! itself with [`inventory`]; [`load_model`] picks the highest-priority
+//! available backend that accepts a model directory and returns a
+//! [`TextModel`] that streams [`Token`]s.
+//!
+//! ```no_run
+//! use inference::{GenerateOptions, Message};
+//!
+//! let mut model = inference::load_model("models/gemma-3-1b-it")?;
+//! let opts = GenerateOptions::default().max_tokens(128).temperature(0.7);
+//! for token in model.generate("Why is the sky blue?", &opts) {
+//!     print!("{}", token?.text);
+//! }
+//! let reply = model.chat(&[Message::user("Hi")], &opts).collect_text()?;
+//! println!("{reply}\n{:?}", model.metrics());
+//! # Ok::<(), inference::Error>(())
+//! ```
+
+mod backend;
+mod error;
+mod message;
+mod model;
+mod options;
+mod registry;
+mod stream;
+
+pub use backend::{Backend, BackendRegistration, BackendStatus};
+pub use error::{Error, Result};
+pub use message::{Message, Role};
+pub use model::{Metrics, ModelInfo, TextModel};
+pub use options::{GenerateOptions, LoadOptions};
+pub use registry::{backends, load_model, load_model_with, select_backend};
+pub use stream::{StopReason, Token, TokenSource, TokenStream};
+
+/// Re-exported so backends can `inventory::submit!` a [`BackendRegistration`].
+pub use inventory;
+/// Re-exported so callers can build a cancellation token without naming the crate.
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,64 @@
+//! The model trait and what it reports.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{GenerateOptions, Message, TokenStream};
+
+/// What a loaded model is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The backend serving it.
+    pub backend: String,
+    /// `model_type` from config.json (`llama`, `qwen3`, `gemma3_text`, ...).
+    pub architecture: String,
+    /// The model directory.
+    pub path: PathBuf,
+    /// Vocabulary size, when known.
+    pub vocab_size: Option<usize>,
+    /// Number of transformer layers, when known.
+    pub num_layers: Option<usize>,
+    /// Hidden size, when known.
+    pub hidden_size: Option<usize>,
+    /// Quantisation bits, when the weights are quantised.
+    pub quantization_bits: Option<u32>,
+}
+
+/// Figures from the most recent generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Prompt processing speed, tokens per second.
+    pub prompt_tps: f64,
+    /// Generation speed, tokens per second.
+    pub generation_tps: f64,
+    /// Peak memory used by the backend, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// A loaded text model. Resources are freed on drop; [`close`](Self::close)
+/// does the same and reports errors.
+pub trait TextModel: Send {
+    /// What was loaded.
+    fn info(&self) -> &ModelInfo;
+
+    /// Streams a completion of a raw prompt (special tokens added as the
+    /// tokenizer's post-processor says).
+    fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a>;
+
+    /// Streams the reply to a conversation rendered with the model's own
+    /// chat template.
+    fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a>;
+
+    /// Figures from the most recent generation.
+    fn metrics(&self) -> Metrics;
+
+    /// Frees the model's resources now, reporting any failure.
+    fn close(self: Box<Self>) -> crate::Result<()> {
+        Ok(())
+    }
+}

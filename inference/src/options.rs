@@ -1,0 +1,204 @@
+//! Options for loading models and for generation.
+
+use tokio_util::sync::CancellationToken;
+
+/// How a model directory is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Force a backend by name (`"mlx"`, `"metal"`, `"mlxlm"`); `None` picks
+    /// the highest-priority available backend.
+    pub backend: Option<String>,
+}
+
+impl LoadOptions {
+    /// Force the backend with this name.
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.backend = Some(name.into());
+        self
+    }
+}
+
+/// Sampling and stopping settings for one generation.
+///
+/// ```
+/// use inference::{CancellationToken, GenerateOptions};
+///
+/// let cancel = CancellationToken::new();
+/// let opts = GenerateOptions::default()
+///     .max_tokens(64)
+///     .temperature(0.7)
+///     .top_p(0.9)
+///     .stop("\n\n")
+///     .seed(42)
+///     .cancel(cancel.clone());
+/// assert_eq!(opts.max_tokens, 64);
+/// assert!(!opts.is_greedy());
+/// ```
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Softmax temperature; `0.0` means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `k` most likely tokens; `0` disables.
+    pub top_k: usize,
+    /// Nucleus sampling mass; `1.0` disables.
+    pub top_p: f32,
+    /// Drop tokens below `min_p` times the top probability; `0.0` disables.
+    pub min_p: f32,
+    /// Penalty applied to tokens seen in the recent context; `None` disables.
+    pub repetition_penalty: Option<f32>,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repetition_context_size: usize,
+    /// Generation stops when the text produced contains one of these.
+    pub stop: Vec<String>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+    /// Checked every step: when cancelled the stream ends with
+    /// [`StopReason::Cancelled`](crate::StopReason::Cancelled).
+    pub cancel: Option<CancellationToken>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: None,
+            repetition_context_size: 20,
+            stop: Vec::new(),
+            seed: None,
+            cancel: None,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Set [`max_tokens`](Self::max_tokens).
+    pub fn max_tokens(mut self, n: usize) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// Set [`temperature`](Self::temperature).
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// Set [`top_k`](Self::top_k).
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// Set [`top_p`](Self::top_p).
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = p;
+        self
+    }
+
+    /// Set [`min_p`](Self::min_p).
+    pub fn min_p(mut self, p: f32) -> Self {
+        self.min_p = p;
+        self
+    }
+
+    /// Set [`repetition_penalty`](Self::repetition_penalty).
+    pub fn repetition_penalty(mut self, penalty: f32) -> Self {
+        self.repetition_penalty = Some(penalty);
+        self
+    }
+
+    /// Set [`repetition_context_size`](Self::repetition_context_size).
+    pub fn repetition_context_size(mut self, n: usize) -> Self {
+        self.repetition_context_size = n;
+        self
+    }
+
+    /// Add a stop string.
+    pub fn stop(mut self, s: impl Into<String>) -> Self {
+        self.stop.push(s.into());
+        self
+    }
+
+    /// Set [`seed`](Self::seed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Set the cancellation token.
+    pub fn cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// True when sampling reduces to argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
+    /// True when the cancellation token has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
+
+    /// Checks the values for consistency, naming the first one at fault.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |what: String| Err(crate::Error::InvalidArgument(what));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !r.is_finite() || r <= 0.0 {
+                return bad(format!("repetition_penalty must be > 0, got {r}"));
+            }
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return bad("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_greedy_and_valid() {
+        let o = GenerateOptions::default();
+        assert!(o.is_greedy());
+        assert!(o.validate().is_ok());
+        assert!(!o.is_cancelled());
+    }
+
+    #[test]
+    fn validate_names_the_bad_value() {
+        let e = GenerateOptions::default().top_p(0.0).validate().unwrap_err();
+        assert!(e.to_string().contains("top_p"), "{e}");
+        let e = GenerateOptions::default().temperature(-1.0).validate().unwrap_err();
+        assert!(e.to_string().contains("temperature"), "{e}");
+        let e = GenerateOptions::default().stop("").validate().unwrap_err();
+        assert!(e.to_string().contains("stop"), "{e}");
+    }
+
+    #[test]
+    fn cancellation_is_seen() {
+        let token = CancellationToken::new();
+        let o = GenerateOptions::default().cancel(token.clone());
+        assert!(!o.is_cancelled());
+        token.cancel();
+        assert!(o.is_cancelled());
+    }
+}

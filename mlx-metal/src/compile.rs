@@ -1,0 +1,53 @@
+//! `compile`: trace a Rust closure once and replay the fused graph.
+
+use std::rc::Rc;
+
+use mlx_metal_sys as sys;
+
+use crate::closure::{tracing, Body, Closure};
+use crate::status::call;
+use crate::{Array, Result};
+
+/// A closure compiled by MLX. Calling it with inputs of the shapes it was
+/// traced with (any shapes, when `shapeless`) replays the optimised graph.
+///
+/// Calls made while another compiled closure is being traced run the Rust
+/// closure directly, so nested compiled functions are inlined into the
+/// outer trace.
+pub struct Compiled {
+    compiled: Closure,
+    body: Rc<Body>,
+}
+
+/// Compiles `f`. Errors and panics inside `f` come back as
+/// [`Error::Closure`](crate::Error::Closure) from [`Compiled::call`].
+///
+/// ```
+/// use mlx_metal::{compile, Array};
+///
+/// let f = compile(|x: &[Array]| Ok(vec![x[0].multiply(&x[0])?.add(&x[0])?]), false)?;
+/// let x = Array::from_vec(&[1.0f32, 2.0, 3.0])?;
+/// assert_eq!(f.call(&[x])?[0].to_vec::<f32>()?, vec![2.0, 6.0, 12.0]);
+/// # Ok::<(), mlx_metal::Error>(())
+/// ```
+pub fn compile<F>(f: F, shapeless: bool) -> Result<Compiled>
+where
+    F: Fn(&[Array]) -> Result<Vec<Array>> + 'static,
+{
+    let body: Rc<Body> = Rc::new(f);
+    let traced = Closure::new(body.clone(), true);
+    let mut compiled = Closure::empty();
+    // SAFETY: `traced.raw` is valid; `compiled.raw` is owned by `compiled`.
+    call(|| unsafe { sys::mlx_compile(&mut compiled.raw, traced.raw, shapeless) })?;
+    Ok(Compiled { compiled, body })
+}
+
+impl Compiled {
+    /// Runs the compiled function (or, inside another trace, the closure itself).
+    pub fn call(&self, inputs: &[Array]) -> Result<Vec<Array>> {
+        if tracing() {
+            return (self.body)(inputs);
+        }
+        self.compiled.apply(inputs)
+    }
+}

@@ -1,0 +1,39 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the MLX layer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// MLX itself reported a failure; the text is MLX's own message.
+    #[error("MLX: {0}")]
+    Mlx(String),
+    /// An argument was rejected before reaching MLX.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A Rust closure run by MLX (under `compile`, `vjp`, ...) failed or
+    /// panicked; the text says how.
+    #[error("closure failed: {0}")]
+    Closure(String),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl From<Error> for inference::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::File { path, message } => inference::Error::InvalidModel { path, message },
+            Error::InvalidArgument(m) => inference::Error::InvalidArgument(m),
+            other => inference::Error::backend(crate::backend_name(), other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! What MLX build this is and which devices it can use.
+
+use std::ffi::CStr;
+
+use mlx_metal_sys as sys;
+
+use crate::status::{call, init};
+use crate::{Device, DeviceType};
+
+/// The MLX version this program runs against (e.g. `0.32.2`).
+pub fn mlx_version() -> String {
+    init();
+    // SAFETY: a fresh string handle, freed below.
+    let mut s = unsafe { sys::mlx_string_new() };
+    // SAFETY: `s` is a valid out-parameter.
+    let version = match call(|| unsafe { sys::mlx_version(&mut s) }) {
+        // SAFETY: `s` holds a NUL-terminated string owned by the handle.
+        Ok(()) => unsafe { CStr::from_ptr(sys::mlx_string_data(s)) }
+            .to_string_lossy()
+            .into_owned(),
+        Err(_) => "unknown".into(),
+    };
+    // SAFETY: created above, freed once.
+    unsafe { sys::mlx_string_free(s) };
+    version
+}
+
+/// True only on macOS on Apple silicon with a Metal device that MLX can use.
+pub fn metal_available() -> bool {
+    if !cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        return false;
+    }
+    init();
+    let mut avail = false;
+    // SAFETY: live out-parameter.
+    call(|| unsafe { sys::mlx_metal_is_available(&mut avail) }).is_ok() && avail
+}
+
+/// True when MLX can run on a GPU here (Metal on macOS, CUDA on Linux).
+pub fn gpu_available() -> bool {
+    Device::new(DeviceType::Gpu).is_available()
+}
+
+/// The name this crate's backend registers under: `metal` on macOS with
+/// Apple silicon, `mlx` elsewhere.
+pub fn backend_name() -> &'static str {
+    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        "metal"
+    } else {
+        "mlx"
+    }
+}
+
+/// A short description of the device MLX computes on by default.
+pub(crate) fn device_description() -> String {
+    let kind = Device::default_device().and_then(|d| d.kind());
+    match kind {
+        Ok(DeviceType::Cpu) => "cpu".into(),
+        Ok(DeviceType::Gpu) if metal_available() => "gpu (metal)".into(),
+        Ok(DeviceType::Gpu) => "gpu (cuda)".into(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}

@@ -1,0 +1,72 @@
+//! The process-wide mlx-c error handler and the checks every FFI call goes
+//! through.
+//!
+//! mlx-c reports a failure by calling its error handler and returning a
+//! non-zero status. The handler installed here keeps the message in a
+//! thread-local slot; [`check`] turns the status into an [`Error::Mlx`]
+//! carrying it. Rust closures run by MLX park their own failure in a second
+//! slot, which wins, so the caller sees the closure's error rather than
+//! mlx-c's generic "closure returned a non-zero value".
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Once;
+
+use mlx_metal_sys as sys;
+
+use crate::{Error, Result};
+
+thread_local! {
+    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+    static CLOSURE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+extern "C" fn handler(msg: *const c_char, _data: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        let text = if msg.is_null() {
+            "unknown MLX error".to_string()
+        } else {
+            // SAFETY: mlx-c passes a NUL-terminated message that lives for the call.
+            unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+        };
+        LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(text));
+    });
+}
+
+/// Installs the error handler once per process. Every entry point into
+/// mlx-c calls this first, so MLX's default handler (print and `exit`) never
+/// runs.
+pub(crate) fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // SAFETY: `handler` is a plain function valid for the whole process and
+        // takes no data, so no destructor is needed.
+        unsafe { sys::mlx_set_error_handler(Some(handler), std::ptr::null_mut(), None) };
+    });
+}
+
+/// Records the failure of a Rust closure run by MLX.
+pub(crate) fn set_closure_error(message: String) {
+    CLOSURE_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
+}
+
+/// Turns an mlx-c status into a `Result`, collecting the handler's message.
+pub(crate) fn check(status: i32) -> Result<()> {
+    if status == 0 {
+        return Ok(());
+    }
+    let mlx = LAST_ERROR.with(|slot| slot.borrow_mut().take());
+    if let Some(closure) = CLOSURE_ERROR.with(|slot| slot.borrow_mut().take()) {
+        return Err(Error::Closure(closure));
+    }
+    Err(Error::Mlx(
+        mlx.unwrap_or_else(|| format!("mlx-c call failed with status {status}")),
+    ))
+}
+
+/// Runs an mlx-c call after making sure the handler is installed, and checks
+/// its status.
+pub(crate) fn call(f: impl FnOnce() -> i32) -> Result<()> {
+    init();
+    check(f())
+}

@@ -1,0 +1,63 @@
+//! Safetensors through MLX.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use common::{floats, ramp};
+use mlx_metal::{load_safetensors, save_safetensors, Array, Dtype, Error};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mlx-metal-st-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn round_trip_with_metadata_and_dtypes() {
+    let path = temp("round.safetensors");
+    let mut tensors = HashMap::new();
+    tensors.insert("w".to_string(), ramp(&[2, 3], 0.0, 0.5));
+    tensors.insert("h".to_string(), ramp(&[4], 1.0, 1.0).astype(Dtype::Bfloat16).unwrap());
+    tensors.insert("i".to_string(), Array::from_vec(&[1i32, -2]).unwrap());
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "mlx".to_string());
+    save_safetensors(&path, &tensors, &meta).unwrap();
+
+    let st = load_safetensors(&path).unwrap();
+    assert_eq!(st.metadata.get("format").map(String::as_str), Some("mlx"));
+    assert_eq!(st.tensors.len(), 3);
+    assert_eq!(st.tensors["w"].shape(), vec![2, 3]);
+    assert_eq!(floats(&st.tensors["w"]), floats(&tensors["w"]));
+    assert_eq!(st.tensors["h"].dtype(), Dtype::Bfloat16);
+    assert_eq!(floats(&st.tensors["h"]), vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(st.tensors["i"].to_vec::<i32>().unwrap(), vec![1, -2]);
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = load_safetensors("/no/such/weights.safetensors").unwrap_err();
+    assert_eq!(e.to_string(), "/no/such/weights.safetensors: no such file");
+}
+
+#[test]
+fn truncated_and_corrupt_files_are_errors_naming_the_file() {
+    let good = temp("good.safetensors");
+    let mut tensors = HashMap::new();
+    tensors.insert("w".to_string(), ramp(&[64, 64], 0.0, 1.0));
+    save_safetensors(&good, &tensors, &HashMap::new()).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let truncated = temp("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let result = load_safetensors(&truncated).and_then(|st| st.tensors["w"].eval().map(|_| st));
+    let e = result.unwrap_err();
+    assert!(matches!(&e, Error::File { path, .. } if path == &truncated) || matches!(&e, Error::Mlx(_)), "{e}");
+    assert!(e.to_string().contains("truncated") || e.to_string().contains("read"), "{e}");
+
+    let garbage = temp("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    let e = load_safetensors(&garbage).unwrap_err();
+    assert!(matches!(&e, Error::File { path, .. } if path == &garbage), "{e}");
+}
