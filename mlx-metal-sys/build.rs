@@ -27,11 +27,18 @@ fn read_paths(dist: &Path) -> Vec<(String, PathBuf)> {
 }
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let dist = manifest.parent().expect("crate lives in the workspace").join("dist");
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let dist = manifest
+        .parent()
+        .expect("crate lives in the workspace")
+        .join("dist");
     println!("cargo:rerun-if-env-changed=MLX_C_DIR");
     println!("cargo:rerun-if-env-changed=MLX_LIB_DIR");
-    println!("cargo:rerun-if-changed={}", dist.join("paths.txt").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        dist.join("paths.txt").display()
+    );
 
     let paths = read_paths(&dist);
     let lookup = |key: &str| paths.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
@@ -47,7 +54,10 @@ fn main() {
         ));
     }
     let mut lib_dirs = vec![prefix.join("lib")];
-    if let Some(dir) = env::var_os("MLX_LIB_DIR").map(PathBuf::from).or_else(|| lookup("mlx_lib")) {
+    if let Some(dir) = env::var_os("MLX_LIB_DIR")
+        .map(PathBuf::from)
+        .or_else(|| lookup("mlx_lib"))
+    {
         lib_dirs.push(dir);
     }
     for dir in &lib_dirs {

@@ -151,7 +151,10 @@ impl GenerateOptions {
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |what: String| Err(crate::Error::InvalidArgument(what));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -185,9 +188,15 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_value() {
-        let e = GenerateOptions::default().top_p(0.0).validate().unwrap_err();
+        let e = GenerateOptions::default()
+            .top_p(0.0)
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("top_p"), "{e}");
-        let e = GenerateOptions::default().temperature(-1.0).validate().unwrap_err();
+        let e = GenerateOptions::default()
+            .temperature(-1.0)
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("temperature"), "{e}");
         let e = GenerateOptions::default().stop("").validate().unwrap_err();
         assert!(e.to_string().contains("stop"), "{e}");

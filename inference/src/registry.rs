@@ -92,7 +92,10 @@ pub fn select_backend(
             continue;
         }
         if !backend.accepts(dir) {
-            reasons.push(format!("{}: does not accept this directory", backend.name()));
+            reasons.push(format!(
+                "{}: does not accept this directory",
+                backend.name()
+            ));
             continue;
         }
         match backend.load(dir, opts) {
@@ -224,7 +227,10 @@ mod tests {
         let low = fake("low", 10, true, Load::Ok);
         let high = fake("high", 100, true, Load::Ok);
         let list: [&dyn Backend; 2] = [&low, &high];
-        assert_eq!(chosen(&list, dir.path(), &LoadOptions::default()).unwrap(), "high");
+        assert_eq!(
+            chosen(&list, dir.path(), &LoadOptions::default()).unwrap(),
+            "high"
+        );
     }
 
     #[test]
@@ -233,7 +239,10 @@ mod tests {
         let low = fake("low", 10, true, Load::Ok);
         let off = fake("off", 100, false, Load::Ok);
         let list: [&dyn Backend; 2] = [&off, &low];
-        assert_eq!(chosen(&list, dir.path(), &LoadOptions::default()).unwrap(), "low");
+        assert_eq!(
+            chosen(&list, dir.path(), &LoadOptions::default()).unwrap(),
+            "low"
+        );
     }
 
     #[test]
@@ -242,7 +251,10 @@ mod tests {
         let low = fake("low", 10, true, Load::Ok);
         let picky = fake("picky", 100, true, Load::Unsupported);
         let list: [&dyn Backend; 2] = [&picky, &low];
-        assert_eq!(chosen(&list, dir.path(), &LoadOptions::default()).unwrap(), "low");
+        assert_eq!(
+            chosen(&list, dir.path(), &LoadOptions::default()).unwrap(),
+            "low"
+        );
     }
 
     #[test]
@@ -290,7 +302,10 @@ mod tests {
         assert!(text.contains("off: off is switched off"), "{text}");
         assert!(text.contains("picky: picky cannot"), "{text}");
         let err = chosen(&[], dir.path(), &LoadOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("no backend is registered"), "{err}");
+        assert!(
+            err.to_string().contains("no backend is registered"),
+            "{err}"
+        );
     }
 
     #[test]

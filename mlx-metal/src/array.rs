@@ -161,9 +161,13 @@ impl Array {
         let shape = self.shape();
         let n = shape.len() as i32;
         let a = if axis < 0 { axis + n } else { axis };
-        shape.get(a as usize).copied().filter(|_| a >= 0).ok_or_else(|| {
-            Error::InvalidArgument(format!("axis {axis} out of range for shape {shape:?}"))
-        })
+        shape
+            .get(a as usize)
+            .copied()
+            .filter(|_| a >= 0)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("axis {axis} out of range for shape {shape:?}"))
+            })
     }
 
     /// Number of dimensions.

@@ -109,7 +109,9 @@ impl Closure {
         let payload = Box::into_raw(Box::new(Payload { body, traced })) as *mut c_void;
         // SAFETY: `trampoline` matches the callback type; mlx-c takes ownership
         // of `payload` and frees it through `drop_payload`.
-        let raw = unsafe { sys::mlx_closure_new_func_payload(Some(trampoline), payload, Some(drop_payload)) };
+        let raw = unsafe {
+            sys::mlx_closure_new_func_payload(Some(trampoline), payload, Some(drop_payload))
+        };
         Closure { raw }
     }
 

@@ -15,7 +15,12 @@ pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
 }
 
 /// Layer normalisation over the last axis, with optional affine parameters.
-pub fn layer_norm(x: &Array, weight: Option<&Array>, bias: Option<&Array>, eps: f32) -> Result<Array> {
+pub fn layer_norm(
+    x: &Array,
+    weight: Option<&Array>,
+    bias: Option<&Array>,
+    eps: f32,
+) -> Result<Array> {
     let w = weight.map_or_else(null_array, Array::raw);
     let b = bias.map_or_else(null_array, Array::raw);
     // SAFETY: handles are valid or null where mlx-c allows it; `res` is owned by the result.
@@ -40,7 +45,17 @@ pub fn rope(
     let f = freqs.map_or_else(null_array, Array::raw);
     // SAFETY: handles are valid or null where mlx-c allows it; `res` is owned by the result.
     Array::build(|res, s| unsafe {
-        sys::mlx_fast_rope(res, x.raw(), dims, traditional, opt_float(base), scale, offset, f, s)
+        sys::mlx_fast_rope(
+            res,
+            x.raw(),
+            dims,
+            traditional,
+            opt_float(base),
+            scale,
+            offset,
+            f,
+            s,
+        )
     })
 }
 

@@ -36,20 +36,50 @@ pub fn categorical(logits: &Array, axis: i32, key: Option<&Array>) -> Result<Arr
 }
 
 /// Uniform samples in `[low, high)`.
-pub fn uniform(low: f32, high: f32, shape: &[i32], dtype: Dtype, key: Option<&Array>) -> Result<Array> {
+pub fn uniform(
+    low: f32,
+    high: f32,
+    shape: &[i32],
+    dtype: Dtype,
+    key: Option<&Array>,
+) -> Result<Array> {
     let (lo, hi) = (Array::scalar(low), Array::scalar(high));
     let k = key_raw(key);
     // SAFETY: handles are valid or null; `shape` is valid for its length.
     Array::build(|res, s| unsafe {
-        sys::mlx_random_uniform(res, lo.raw(), hi.raw(), shape.as_ptr(), shape.len(), dtype.to_sys(), k, s)
+        sys::mlx_random_uniform(
+            res,
+            lo.raw(),
+            hi.raw(),
+            shape.as_ptr(),
+            shape.len(),
+            dtype.to_sys(),
+            k,
+            s,
+        )
     })
 }
 
 /// Normal samples with mean `loc` and standard deviation `scale`.
-pub fn normal(shape: &[i32], dtype: Dtype, loc: f32, scale: f32, key: Option<&Array>) -> Result<Array> {
+pub fn normal(
+    shape: &[i32],
+    dtype: Dtype,
+    loc: f32,
+    scale: f32,
+    key: Option<&Array>,
+) -> Result<Array> {
     let k = key_raw(key);
     // SAFETY: handles are valid or null; `shape` is valid for its length.
     Array::build(|res, s| unsafe {
-        sys::mlx_random_normal(res, shape.as_ptr(), shape.len(), dtype.to_sys(), loc, scale, k, s)
+        sys::mlx_random_normal(
+            res,
+            shape.as_ptr(),
+            shape.len(),
+            dtype.to_sys(),
+            loc,
+            scale,
+            k,
+            s,
+        )
     })
 }

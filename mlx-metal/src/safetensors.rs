@@ -93,12 +93,15 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Safetensors> {
         // SAFETY: a fresh array handle, owned by `value`.
         let mut value = Array::from_raw(unsafe { sys::mlx_array_new() });
         // SAFETY: `it` is live; mlx-c writes the key pointer and fills `value`'s handle in place.
-        let rc = unsafe { sys::mlx_map_string_to_array_iterator_next(&mut key, value.raw_mut(), it) };
+        let rc =
+            unsafe { sys::mlx_map_string_to_array_iterator_next(&mut key, value.raw_mut(), it) };
         if rc != 0 || key.is_null() {
             break;
         }
         // SAFETY: `key` is a NUL-terminated string owned by the map.
-        let name = unsafe { CStr::from_ptr(key) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(key) }
+            .to_string_lossy()
+            .into_owned();
         out.tensors.insert(name, value);
     }
     // SAFETY: `it` was created above and is freed once.
@@ -116,8 +119,10 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Safetensors> {
         }
         // SAFETY: both are NUL-terminated strings owned by the map.
         let (k, v) = unsafe { (CStr::from_ptr(key), CStr::from_ptr(value)) };
-        out.metadata
-            .insert(k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned());
+        out.metadata.insert(
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        );
     }
     // SAFETY: `it` was created above and is freed once.
     unsafe { sys::mlx_map_string_to_string_iterator_free(it) };
@@ -141,15 +146,22 @@ pub fn save_safetensors(
         let key = CString::new(name.as_str())
             .map_err(|_| Error::InvalidArgument(format!("tensor name {name:?} contains NUL")))?;
         // SAFETY: live map, valid key and array; mlx-c copies both.
-        call(|| unsafe { sys::mlx_map_string_to_array_insert(arrays.0, key.as_ptr(), array.raw()) })?;
+        call(|| unsafe {
+            sys::mlx_map_string_to_array_insert(arrays.0, key.as_ptr(), array.raw())
+        })?;
     }
     for (k, v) in metadata {
         let (key, value) = (
-            CString::new(k.as_str()).map_err(|_| Error::InvalidArgument(format!("metadata key {k:?} contains NUL")))?,
-            CString::new(v.as_str()).map_err(|_| Error::InvalidArgument(format!("metadata value {v:?} contains NUL")))?,
+            CString::new(k.as_str())
+                .map_err(|_| Error::InvalidArgument(format!("metadata key {k:?} contains NUL")))?,
+            CString::new(v.as_str()).map_err(|_| {
+                Error::InvalidArgument(format!("metadata value {v:?} contains NUL"))
+            })?,
         );
         // SAFETY: live map, valid strings; mlx-c copies both.
-        call(|| unsafe { sys::mlx_map_string_to_string_insert(strings.0, key.as_ptr(), value.as_ptr()) })?;
+        call(|| unsafe {
+            sys::mlx_map_string_to_string_insert(strings.0, key.as_ptr(), value.as_ptr())
+        })?;
     }
     // SAFETY: live maps and a path that outlives the call.
     call(|| unsafe { sys::mlx_save_safetensors(cpath.as_ptr(), arrays.0, strings.0) })

@@ -27,7 +27,9 @@ extern "C" fn handler(msg: *const c_char, _data: *mut c_void) {
             "unknown MLX error".to_string()
         } else {
             // SAFETY: mlx-c passes a NUL-terminated message that lives for the call.
-            unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(msg) }
+                .to_string_lossy()
+                .into_owned()
         };
         LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(text));
     });
@@ -59,9 +61,9 @@ pub(crate) fn check(status: i32) -> Result<()> {
     if let Some(closure) = CLOSURE_ERROR.with(|slot| slot.borrow_mut().take()) {
         return Err(Error::Closure(closure));
     }
-    Err(Error::Mlx(
-        mlx.unwrap_or_else(|| format!("mlx-c call failed with status {status}")),
-    ))
+    Err(Error::Mlx(mlx.unwrap_or_else(|| {
+        format!("mlx-c call failed with status {status}")
+    })))
 }
 
 /// Runs an mlx-c call after making sure the handler is installed, and checks

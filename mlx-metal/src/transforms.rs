@@ -107,7 +107,12 @@ impl ValueAndGrad {
         let mut grads = VectorArray::new();
         // SAFETY: all handles are valid; out-vectors are owned by `values`/`grads`.
         call(|| unsafe {
-            sys::mlx_closure_value_and_grad_apply(&mut values.raw, &mut grads.raw, self.raw, input.raw)
+            sys::mlx_closure_value_and_grad_apply(
+                &mut values.raw,
+                &mut grads.raw,
+                self.raw,
+                input.raw,
+            )
         })?;
         Ok((values.to_vec()?, grads.to_vec()?))
     }

@@ -8,7 +8,10 @@ fn shape_error_returns_mlx_text() {
     let b = Array::zeros(&[4, 5], Dtype::Float32).unwrap();
     let e = a.add(&b).unwrap_err();
     match &e {
-        Error::Mlx(m) => assert!(m.contains("cannot be broadcast") && m.contains("(2,3)"), "{m}"),
+        Error::Mlx(m) => assert!(
+            m.contains("cannot be broadcast") && m.contains("(2,3)"),
+            "{m}"
+        ),
         other => panic!("expected Error::Mlx, got {other:?}"),
     }
     let e = a.matmul(&a).unwrap_err();

@@ -19,7 +19,11 @@ fn rms_norm_matches_naive() {
     let x = randn(&[2, 5, 16], 1, 1.0);
     let w = randn(&[16], 2, 1.0);
     let fused = fast::rms_norm(&x, Some(&w), 1e-5).unwrap();
-    assert_close(&floats(&fused), &floats(&naive_rms_norm(&x, &w, 1e-5)), 1e-5);
+    assert_close(
+        &floats(&fused),
+        &floats(&naive_rms_norm(&x, &w, 1e-5)),
+        1e-5,
+    );
 }
 
 #[test]
@@ -61,8 +65,16 @@ fn naive_rope(x: &Array, dims: i32, base: f32, offset: i32) -> Array {
     let x1 = x.slice_axis(-1, 0, half).unwrap();
     let x2 = x.slice_axis(-1, half, dims).unwrap();
     let rest = x.slice_axis(-1, dims, shape[3]).unwrap();
-    let o1 = x1.multiply(&cos).unwrap().subtract(&x2.multiply(&sin).unwrap()).unwrap();
-    let o2 = x1.multiply(&sin).unwrap().add(&x2.multiply(&cos).unwrap()).unwrap();
+    let o1 = x1
+        .multiply(&cos)
+        .unwrap()
+        .subtract(&x2.multiply(&sin).unwrap())
+        .unwrap();
+    let o2 = x1
+        .multiply(&sin)
+        .unwrap()
+        .add(&x2.multiply(&cos).unwrap())
+        .unwrap();
     Array::concatenate(&[&o1, &o2, &rest], -1).unwrap()
 }
 
@@ -120,13 +132,19 @@ fn sdpa_matches_naive_without_and_with_masks() {
     let v = randn(&[1, 2, 5, 8], 10, 1.0);
     let scale = 1.0 / 8f32.sqrt();
     let none = fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::None).unwrap();
-    assert_close(&floats(&none), &floats(&naive_attention(&q, &k, &v, scale, None)), 1e-4);
+    assert_close(
+        &floats(&none),
+        &floats(&naive_attention(&q, &k, &v, scale, None)),
+        1e-4,
+    );
 
     let mask = causal_mask(5, 5);
-    let causal = fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Causal).unwrap();
+    let causal =
+        fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Causal).unwrap();
     let naive = naive_attention(&q, &k, &v, scale, Some(&mask));
     assert_close(&floats(&causal), &floats(&naive), 1e-4);
-    let additive = fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Array(&mask)).unwrap();
+    let additive =
+        fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Array(&mask)).unwrap();
     assert_close(&floats(&additive), &floats(&naive), 1e-4);
 }
 
@@ -137,7 +155,8 @@ fn sdpa_grouped_query_and_cached_keys() {
     let k = randn(&[1, 2, 6, 8], 12, 1.0);
     let v = randn(&[1, 2, 6, 8], 13, 1.0);
     let scale = 0.3;
-    let fused = fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Causal).unwrap();
+    let fused =
+        fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Causal).unwrap();
     let rep = |a: &Array| {
         let parts: Vec<Array> = (0..2).map(|h| a.slice_axis(1, h, h + 1).unwrap()).collect();
         Array::concatenate(&[&parts[0], &parts[0], &parts[1], &parts[1]], 1).unwrap()

@@ -1,7 +1,9 @@
 //! Memory accounting. One test in its own binary: other threads allocating
 //! at the same time would move the numbers.
 
-use mlx_metal::{active_memory, cache_memory, clear_cache, peak_memory, reset_peak_memory, Array, Dtype};
+use mlx_metal::{
+    active_memory, cache_memory, clear_cache, peak_memory, reset_peak_memory, Array, Dtype,
+};
 
 #[test]
 fn memory_returns_to_baseline_and_limits_apply() {
@@ -18,6 +20,7 @@ fn memory_returns_to_baseline_and_limits_apply() {
             })
             .collect();
         let held = active_memory().unwrap();
+        assert_eq!(arrays.len(), 1000);
         assert!(
             held >= baseline + 1000 * 1024,
             "1,000 arrays of 1 KiB must show: baseline {baseline}, held {held}"

@@ -20,11 +20,16 @@ fn quantize_dequantize_error_is_bounded() {
         // step (plain rounding error).
         let mut total = 0.0f32;
         for (g, chunk) in orig.chunks(64).enumerate() {
-            let (lo, hi) = chunk.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            let (lo, hi) = chunk
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
             let step = (hi - lo) / ((1 << bits) - 1) as f32;
             for (i, &x) in chunk.iter().enumerate() {
                 let err = (back[g * 64 + i] - x).abs();
-                assert!(err <= step + 1e-5, "bits {bits} group {g}: error {err} > step {step}");
+                assert!(
+                    err <= step + 1e-5,
+                    "bits {bits} group {g}: error {err} > step {step}"
+                );
                 total += err / step;
             }
         }
@@ -39,7 +44,10 @@ fn quantized_matmul_equals_matmul_with_dequantized_weights() {
     let x = randn(&[3, 64], 23, 1.0);
     let q = w.quantize(32, 4).unwrap();
     let fused = floats(&x.quantized_matmul(&q, true).unwrap());
-    let dense = floats(&x.matmul(&q.dequantize().unwrap().transpose().unwrap()).unwrap());
+    let dense = floats(
+        &x.matmul(&q.dequantize().unwrap().transpose().unwrap())
+            .unwrap(),
+    );
     common::assert_close(&fused, &dense, 1e-4);
 }
 

@@ -25,10 +25,17 @@ fn gpu_answer_matches_the_device_query() {
 
 #[test]
 fn backend_registers_under_the_platform_name() {
-    let expected = if cfg!(all(target_os = "macos", target_arch = "aarch64")) { "metal" } else { "mlx" };
+    let expected = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        "metal"
+    } else {
+        "mlx"
+    };
     assert_eq!(mlx_metal::backend_name(), expected);
     let all = inference::backends();
-    let b = all.iter().find(|b| b.name() == expected).expect("registered");
+    let b = all
+        .iter()
+        .find(|b| b.name() == expected)
+        .expect("registered");
     let status = b.status();
     assert!(status.available);
     assert_eq!(status.version.as_deref(), Some("0.32.2"));
@@ -58,21 +65,37 @@ fn distributions_have_the_right_shape_and_range() {
     let n = floats(&random::normal(&[10_000], Dtype::Float32, 1.0, 2.0, Some(&k)).unwrap());
     let mean: f32 = n.iter().sum::<f32>() / n.len() as f32;
     let var: f32 = n.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n.len() as f32;
-    assert!((mean - 1.0).abs() < 0.1 && (var.sqrt() - 2.0).abs() < 0.1, "normal mean {mean} std {}", var.sqrt());
+    assert!(
+        (mean - 1.0).abs() < 0.1 && (var.sqrt() - 2.0).abs() < 0.1,
+        "normal mean {mean} std {}",
+        var.sqrt()
+    );
 }
 
 #[test]
 fn categorical_never_picks_masked_tokens() {
-    let logits = Array::from_slice(&[0.0f32, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY], &[1, 4])
-        .unwrap()
-        .broadcast_to(&[2000, 4])
-        .unwrap();
+    let logits = Array::from_slice(
+        &[0.0f32, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY],
+        &[1, 4],
+    )
+    .unwrap()
+    .broadcast_to(&[2000, 4])
+    .unwrap();
     let k = random::key(11).unwrap();
-    let picks = random::categorical(&logits, -1, Some(&k)).unwrap().to_vec::<u32>().unwrap();
-    assert!(picks.iter().all(|&p| p == 0 || p == 2), "masked index sampled");
+    let picks = random::categorical(&logits, -1, Some(&k))
+        .unwrap()
+        .to_vec::<u32>()
+        .unwrap();
+    assert!(
+        picks.iter().all(|&p| p == 0 || p == 2),
+        "masked index sampled"
+    );
     let share = picks.iter().filter(|&&p| p == 2).count() as f32 / picks.len() as f32;
     let expected = 1f32.exp() / (1.0 + 1f32.exp());
-    assert!((share - expected).abs() < 0.04, "share {share} vs {expected}");
+    assert!(
+        (share - expected).abs() < 0.04,
+        "share {share} vs {expected}"
+    );
     random::seed(5).unwrap();
     let unkeyed = random::categorical(&logits, -1, None).unwrap();
     assert_eq!(unkeyed.shape(), vec![2000]);

@@ -19,7 +19,10 @@ fn round_trip_with_metadata_and_dtypes() {
     let path = temp("round.safetensors");
     let mut tensors = HashMap::new();
     tensors.insert("w".to_string(), ramp(&[2, 3], 0.0, 0.5));
-    tensors.insert("h".to_string(), ramp(&[4], 1.0, 1.0).astype(Dtype::Bfloat16).unwrap());
+    tensors.insert(
+        "h".to_string(),
+        ramp(&[4], 1.0, 1.0).astype(Dtype::Bfloat16).unwrap(),
+    );
     tensors.insert("i".to_string(), Array::from_vec(&[1i32, -2]).unwrap());
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "mlx".to_string());
@@ -53,11 +56,20 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let result = load_safetensors(&truncated).and_then(|st| st.tensors["w"].eval().map(|_| st));
     let e = result.unwrap_err();
-    assert!(matches!(&e, Error::File { path, .. } if path == &truncated) || matches!(&e, Error::Mlx(_)), "{e}");
-    assert!(e.to_string().contains("truncated") || e.to_string().contains("read"), "{e}");
+    assert!(
+        matches!(&e, Error::File { path, .. } if path == &truncated) || matches!(&e, Error::Mlx(_)),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("truncated") || e.to_string().contains("read"),
+        "{e}"
+    );
 
     let garbage = temp("garbage.safetensors");
     std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
     let e = load_safetensors(&garbage).unwrap_err();
-    assert!(matches!(&e, Error::File { path, .. } if path == &garbage), "{e}");
+    assert!(
+        matches!(&e, Error::File { path, .. } if path == &garbage),
+        "{e}"
+    );
 }

@@ -13,7 +13,11 @@ fn vjp_of_polynomial_matches_analytic() {
     // f(x) = x^3 + 2x, f'(x) = 3x^2 + 2
     let x = Array::from_vec(&[-1.0f32, 0.5, 2.0]).unwrap();
     let (out, grads) = vjp(
-        |a: &[Array]| Ok(vec![a[0].power(&Array::scalar(3.0f32))?.add(&a[0].mul_scalar(2.0)?)?]),
+        |a: &[Array]| {
+            Ok(vec![a[0]
+                .power(&Array::scalar(3.0f32))?
+                .add(&a[0].mul_scalar(2.0)?)?])
+        },
         &[x],
         &[Array::from_vec(&[1.0f32, 1.0, 2.0]).unwrap()],
     )
@@ -58,7 +62,7 @@ fn grad_of_softmax_cross_entropy() {
         &[0],
     )
     .unwrap();
-    let (_, grads) = g.apply(&[logits.clone()]).unwrap();
+    let (_, grads) = g.apply(std::slice::from_ref(&logits)).unwrap();
     let mut expected = floats(&logits.softmax(&[0], true).unwrap());
     expected[2] -= 1.0;
     assert_close(&floats(&grads[0]), &expected, 1e-6);
@@ -113,8 +117,13 @@ fn compiled_closure_traces_once_per_shape() {
         true,
     )
     .unwrap();
-    assert_eq!(floats(&g.call(&[randn(&[3], 36, 1.0)]).unwrap()[0]).len(), 3);
-    let out = g.call(&[Array::from_vec(&[1.0f32, 2.0, 3.0, 4.0]).unwrap()]).unwrap();
+    assert_eq!(
+        floats(&g.call(&[randn(&[3], 36, 1.0)]).unwrap()[0]).len(),
+        3
+    );
+    let out = g
+        .call(&[Array::from_vec(&[1.0f32, 2.0, 3.0, 4.0]).unwrap()])
+        .unwrap();
     assert_eq!(floats(&out[0]), vec![2.0, 4.0, 6.0, 8.0]);
     assert_eq!(shapeless_traces.get(), 1, "shapeless compile traces once");
 }
@@ -123,7 +132,7 @@ fn compiled_closure_traces_once_per_shape() {
 fn independent_compiled_closures_do_not_share_results() {
     let x = Array::from_vec(&[1.0f32, 2.0]).unwrap();
     let a = compile(|a: &[Array]| Ok(vec![a[0].add_scalar(1.0)?]), false).unwrap();
-    assert_eq!(floats(&a.call(&[x.clone()]).unwrap()[0]), vec![2.0, 3.0]);
+    assert_eq!(floats(&a.call(std::slice::from_ref(&x)).unwrap()[0]), vec![2.0, 3.0]);
     drop(a);
     let b = compile(|a: &[Array]| Ok(vec![a[0].mul_scalar(10.0)?]), false).unwrap();
     assert_eq!(floats(&b.call(&[x]).unwrap()[0]), vec![10.0, 20.0]);
@@ -142,36 +151,61 @@ fn nested_compile_is_inlined_while_tracing() {
     )
     .unwrap();
     let x = Array::from_vec(&[1.0f32, 3.0]).unwrap();
-    assert_eq!(floats(&outer.call(&[x.clone()]).unwrap()[0]), vec![2.0, 10.0]);
+    assert_eq!(
+        floats(&outer.call(std::slice::from_ref(&x)).unwrap()[0]),
+        vec![2.0, 10.0]
+    );
     assert_eq!(floats(&inner.call(&[x]).unwrap()[0]), vec![1.0, 9.0]);
 }
 
 #[test]
 fn a_panic_in_a_compiled_closure_is_an_error() {
-    let f = compile(|_: &[Array]| -> mlx_metal::Result<Vec<Array>> { panic!("boom in closure") }, false).unwrap();
+    let f = compile(
+        |_: &[Array]| -> mlx_metal::Result<Vec<Array>> { panic!("boom in closure") },
+        false,
+    )
+    .unwrap();
     let e = f.call(&[Array::scalar(1.0f32)]).unwrap_err();
-    assert!(matches!(&e, Error::Closure(m) if m.contains("boom in closure")), "{e}");
+    assert!(
+        matches!(&e, Error::Closure(m) if m.contains("boom in closure")),
+        "{e}"
+    );
     // the process and MLX keep working
-    assert_eq!(Array::scalar(2.0f32).mul_scalar(2.0).unwrap().item::<f32>().unwrap(), 4.0);
+    assert_eq!(
+        Array::scalar(2.0f32)
+            .mul_scalar(2.0)
+            .unwrap()
+            .item::<f32>()
+            .unwrap(),
+        4.0
+    );
 }
 
 #[test]
 fn an_error_in_a_closure_is_returned() {
-    let f = compile(
-        |a: &[Array]| Ok(vec![a[0].reshape(&[7])?]),
-        false,
-    )
-    .unwrap();
-    let e = f.call(&[Array::from_vec(&[1.0f32, 2.0]).unwrap()]).unwrap_err();
-    assert!(matches!(&e, Error::Closure(m) if m.contains("reshape")), "{e}");
-    let e = vjp(|_: &[Array]| Err(Error::InvalidArgument("nope".into())), &[Array::scalar(1.0f32)], &[Array::scalar(1.0f32)])
+    let f = compile(|a: &[Array]| Ok(vec![a[0].reshape(&[7])?]), false).unwrap();
+    let e = f
+        .call(&[Array::from_vec(&[1.0f32, 2.0]).unwrap()])
         .unwrap_err();
+    assert!(
+        matches!(&e, Error::Closure(m) if m.contains("reshape")),
+        "{e}"
+    );
+    let e = vjp(
+        |_: &[Array]| Err(Error::InvalidArgument("nope".into())),
+        &[Array::scalar(1.0f32)],
+        &[Array::scalar(1.0f32)],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
 }
 
 #[test]
 fn eval_and_async_eval_compute_values() {
-    let a = Array::from_vec(&[1.0f32, 2.0]).unwrap().mul_scalar(3.0).unwrap();
+    let a = Array::from_vec(&[1.0f32, 2.0])
+        .unwrap()
+        .mul_scalar(3.0)
+        .unwrap();
     let b = a.add_scalar(1.0).unwrap();
     eval(&[&a, &b]).unwrap();
     async_eval(&[&b]).unwrap();

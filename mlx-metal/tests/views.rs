@@ -20,9 +20,27 @@ fn round_trips_every_element_type() {
     assert_eq!(a.dtype(), Dtype::Bfloat16);
     assert_eq!(a.to_vec::<bf16>().unwrap(), b);
     assert_eq!(a.to_vec::<f32>().unwrap(), f, "converted on the way out");
-    assert_eq!(Array::from_vec(&[-7i32, 8]).unwrap().to_vec::<i32>().unwrap(), vec![-7, 8]);
-    assert_eq!(Array::from_vec(&[7u32, u32::MAX]).unwrap().to_vec::<u32>().unwrap(), vec![7, u32::MAX]);
-    assert_eq!(Array::from_vec(&[true, false, true]).unwrap().to_vec::<bool>().unwrap(), vec![true, false, true]);
+    assert_eq!(
+        Array::from_vec(&[-7i32, 8])
+            .unwrap()
+            .to_vec::<i32>()
+            .unwrap(),
+        vec![-7, 8]
+    );
+    assert_eq!(
+        Array::from_vec(&[7u32, u32::MAX])
+            .unwrap()
+            .to_vec::<u32>()
+            .unwrap(),
+        vec![7, u32::MAX]
+    );
+    assert_eq!(
+        Array::from_vec(&[true, false, true])
+            .unwrap()
+            .to_vec::<bool>()
+            .unwrap(),
+        vec![true, false, true]
+    );
     assert_eq!(Array::scalar(4.5f32).item::<f32>().unwrap(), 4.5);
     assert_eq!(Array::scalar(4.5f32).shape(), Vec::<i32>::new());
     assert_eq!(Array::scalar(9i32).item::<i32>().unwrap(), 9);
@@ -52,7 +70,10 @@ fn bad_shapes_are_rejected_before_mlx() {
 #[test]
 fn transposed_view_reads_in_logical_order() {
     let a = ramp(&[2, 3], 0.0, 1.0);
-    assert_eq!(floats(&a.transpose().unwrap()), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    assert_eq!(
+        floats(&a.transpose().unwrap()),
+        vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+    );
 }
 
 #[test]
@@ -69,7 +90,10 @@ fn sliced_views_read_only_their_elements() {
     let a = ramp(&[4, 4], 0.0, 1.0);
     // column block: not contiguous
     let cols = a.slice(&[0, 1], &[4, 3], &[1, 1]).unwrap();
-    assert_eq!(floats(&cols), vec![1.0, 2.0, 5.0, 6.0, 9.0, 10.0, 13.0, 14.0]);
+    assert_eq!(
+        floats(&cols),
+        vec![1.0, 2.0, 5.0, 6.0, 9.0, 10.0, 13.0, 14.0]
+    );
     // row block: contiguous but offset
     let rows = a.slice(&[2, 0], &[4, 4], &[1, 1]).unwrap();
     assert_eq!(floats(&rows), (8..16).map(|x| x as f32).collect::<Vec<_>>());

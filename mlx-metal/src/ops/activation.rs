@@ -31,7 +31,10 @@ impl Array {
     pub fn gelu_approx(&self) -> Result<Array> {
         let c = (2.0f32 / std::f32::consts::PI).sqrt();
         let cube = self.multiply(&self.square()?)?;
-        let inner = self.add(&cube.mul_scalar(0.044715)?)?.mul_scalar(c)?.tanh()?;
+        let inner = self
+            .add(&cube.mul_scalar(0.044715)?)?
+            .mul_scalar(c)?
+            .tanh()?;
         self.multiply(&inner.add_scalar(1.0)?)?.mul_scalar(0.5)
     }
 }

@@ -71,7 +71,9 @@ impl Array {
     /// `alpha * (self @ b) + beta * c`, fused.
     pub fn addmm(&self, c: &Array, b: &Array, alpha: f32, beta: f32) -> Result<Array> {
         // SAFETY: all inputs are valid handles; `res` is owned by the result.
-        Array::build(|res, s| unsafe { sys::mlx_addmm(res, c.raw(), self.raw(), b.raw(), alpha, beta, s) })
+        Array::build(|res, s| unsafe {
+            sys::mlx_addmm(res, c.raw(), self.raw(), b.raw(), alpha, beta, s)
+        })
     }
 
     /// Adds a scalar, kept in `self`'s dtype.
@@ -91,4 +93,3 @@ impl Array {
         Array::build(|res, s| unsafe { sys::mlx_where(res, self.raw(), x.raw(), y.raw(), s) })
     }
 }
-

@@ -8,13 +8,17 @@ impl Array {
     /// An array of zeros.
     pub fn zeros(shape: &[i32], dtype: Dtype) -> Result<Array> {
         // SAFETY: `shape` is valid for its length; `res` is owned by the result.
-        Array::build(|res, s| unsafe { sys::mlx_zeros(res, shape.as_ptr(), shape.len(), dtype.to_sys(), s) })
+        Array::build(|res, s| unsafe {
+            sys::mlx_zeros(res, shape.as_ptr(), shape.len(), dtype.to_sys(), s)
+        })
     }
 
     /// An array of ones.
     pub fn ones(shape: &[i32], dtype: Dtype) -> Result<Array> {
         // SAFETY: `shape` is valid for its length; `res` is owned by the result.
-        Array::build(|res, s| unsafe { sys::mlx_ones(res, shape.as_ptr(), shape.len(), dtype.to_sys(), s) })
+        Array::build(|res, s| unsafe {
+            sys::mlx_ones(res, shape.as_ptr(), shape.len(), dtype.to_sys(), s)
+        })
     }
 
     /// An array filled with `value`.

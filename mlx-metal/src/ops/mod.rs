@@ -4,9 +4,9 @@
 //! back as [`Error::Mlx`](crate::Error::Mlx) with MLX's own message, from
 //! the op that caused them.
 
+mod activation;
 mod arith;
 mod creation;
-mod activation;
 mod quant;
 mod reduce;
 mod shape;

@@ -41,11 +41,21 @@ impl Array {
     pub fn var(&self, axes: &[i32], keepdims: bool, ddof: i32) -> Result<Array> {
         if axes.is_empty() {
             // SAFETY: handles are valid; `res` is owned by the result.
-            return Array::build(|res, s| unsafe { sys::mlx_var(res, self.raw(), keepdims, ddof, s) });
+            return Array::build(|res, s| unsafe {
+                sys::mlx_var(res, self.raw(), keepdims, ddof, s)
+            });
         }
         // SAFETY: `axes` is valid for its length; handles are valid.
         Array::build(|res, s| unsafe {
-            sys::mlx_var_axes(res, self.raw(), axes.as_ptr(), axes.len(), keepdims, ddof, s)
+            sys::mlx_var_axes(
+                res,
+                self.raw(),
+                axes.as_ptr(),
+                axes.len(),
+                keepdims,
+                ddof,
+                s,
+            )
         })
     }
 
@@ -85,7 +95,15 @@ impl Array {
     pub fn cumsum(&self, axis: i32, reverse: bool, inclusive: bool) -> Result<Array> {
         // SAFETY: handles are valid; `res` is owned by the result.
         Array::build(|res, s| unsafe {
-            sys::mlx_cumsum_axis(res, self.raw(), axis, reverse, inclusive, super::opt_dtype(None), s)
+            sys::mlx_cumsum_axis(
+                res,
+                self.raw(),
+                axis,
+                reverse,
+                inclusive,
+                super::opt_dtype(None),
+                s,
+            )
         })
     }
 }

@@ -125,7 +125,9 @@ impl Array {
     /// Gathers `indices` along `axis` (embedding lookup is `take(ids, 0)`).
     pub fn take(&self, indices: &Array, axis: i32) -> Result<Array> {
         // SAFETY: handles are valid; `res` is owned by the result.
-        Array::build(|res, s| unsafe { sys::mlx_take_axis(res, self.raw(), indices.raw(), axis, s) })
+        Array::build(|res, s| unsafe {
+            sys::mlx_take_axis(res, self.raw(), indices.raw(), axis, s)
+        })
     }
 
     /// Gathers along `axis` with `indices` of the same rank.
