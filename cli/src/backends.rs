@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 
 /// Prints name, availability (with the reason when not), version and device.
-pub fn run(out: &mut impl Write) -> Result<()> {
+pub fn run(out: &mut impl Write) -> Result<i32> {
     let all = inference::backends();
     for backend in &all {
         let status = backend.status();
@@ -36,5 +36,5 @@ pub fn run(out: &mut impl Write) -> Result<()> {
         };
         writeln!(out, "{name:<6} not built    {why}")?;
     }
-    Ok(())
+    Ok(0)
 }

@@ -1,16 +1,15 @@
 //! The backend crates chosen by features, linked into the program so that
 //! their `inventory` registrations take effect.
 
-/// The in-process MLX layer, or its stand-in in builds without MLX: both
-/// answer `metal_available()` and the memory calls.
-#[cfg(feature = "metal")]
-pub use mlx_metal as native;
+/// The stand-in for the MLX layer in builds without MLX: it answers the
+/// memory calls with a "no MLX" error that says how to get MLX.
 #[cfg(not(feature = "metal"))]
 pub use stub as native;
 
-/// Touches each enabled backend crate.
+/// Keeps each enabled backend's registration in the program.
 pub fn ensure_linked() {
-    std::hint::black_box(native::metal_available());
+    #[cfg(feature = "metal")]
+    mlx_metal::ensure_registered();
     #[cfg(feature = "mlxlm")]
-    std::hint::black_box(mlxlm::BACKEND_NAME);
+    mlxlm::ensure_registered();
 }

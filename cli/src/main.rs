@@ -1,7 +1,9 @@
 //! `mlx-infer`: run local language models from the command line.
 
 mod backends;
+mod generate;
 mod linked;
+mod model_path;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +19,10 @@ struct Cli {
 enum Command {
     /// List the backends built into this program and whether they can run here.
     Backends,
+    /// Stream a completion of a prompt (from --prompt or stdin).
+    Generate(generate::GenerateArgs),
+    /// Chat with a model using its own chat template.
+    Chat(generate::ChatArgs),
 }
 
 fn main() {
@@ -24,9 +30,14 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Backends => backends::run(&mut std::io::stdout()),
+        Command::Generate(args) => generate::generate(args),
+        Command::Chat(args) => generate::chat(args),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

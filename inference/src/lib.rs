@@ -19,11 +19,13 @@
 //! ```
 
 mod backend;
+pub mod discover;
 mod error;
 mod message;
 mod model;
 mod options;
 mod registry;
+mod stop;
 mod stream;
 
 pub use backend::{Backend, BackendRegistration, BackendStatus};
@@ -32,6 +34,7 @@ pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};
 pub use options::{GenerateOptions, LoadOptions};
 pub use registry::{backends, load_model, load_model_with, select_backend};
+pub use stop::StopStrings;
 pub use stream::{StopReason, Token, TokenSource, TokenStream};
 
 /// Re-exported so backends can `inventory::submit!` a [`BackendRegistration`].

@@ -32,4 +32,13 @@ impl Backend for MlxBackend {
     }
 }
 
-inventory::submit! { BackendRegistration::new(&MlxBackend) }
+static BACKEND: MlxBackend = MlxBackend;
+
+inventory::submit! { BackendRegistration::new(&BACKEND) }
+
+/// Returns the registered backend. Calling it (once, anywhere) guarantees
+/// that the linker keeps this crate's registration in the program, which a
+/// crate that is only listed as a dependency does not.
+pub fn ensure_registered() -> &'static dyn Backend {
+    &BACKEND
+}

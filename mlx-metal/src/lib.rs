@@ -38,7 +38,7 @@ mod transforms;
 mod vector;
 
 pub use array::{Array, Element};
-pub use backend::MlxBackend;
+pub use backend::{ensure_registered, MlxBackend};
 pub use compile::{compile, Compiled};
 pub use device::{Device, DeviceType, Stream};
 pub use dtype::Dtype;

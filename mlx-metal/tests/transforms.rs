@@ -132,7 +132,10 @@ fn compiled_closure_traces_once_per_shape() {
 fn independent_compiled_closures_do_not_share_results() {
     let x = Array::from_vec(&[1.0f32, 2.0]).unwrap();
     let a = compile(|a: &[Array]| Ok(vec![a[0].add_scalar(1.0)?]), false).unwrap();
-    assert_eq!(floats(&a.call(std::slice::from_ref(&x)).unwrap()[0]), vec![2.0, 3.0]);
+    assert_eq!(
+        floats(&a.call(std::slice::from_ref(&x)).unwrap()[0]),
+        vec![2.0, 3.0]
+    );
     drop(a);
     let b = compile(|a: &[Array]| Ok(vec![a[0].mul_scalar(10.0)?]), false).unwrap();
     assert_eq!(floats(&b.call(&[x]).unwrap()[0]), vec![10.0, 20.0]);

@@ -51,7 +51,7 @@ fn mlx_source(opts: &Options) -> Result<MlxSource> {
 
 /// The per-user cache root: `MLX_INFER_CACHE`, else `$XDG_CACHE_HOME/mlx-infer`,
 /// else `~/.cache/mlx-infer`.
-fn cache_root() -> Result<PathBuf> {
+pub fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("MLX_INFER_CACHE") {
         return Ok(PathBuf::from(dir));
     }
@@ -63,7 +63,7 @@ fn cache_root() -> Result<PathBuf> {
 }
 
 /// A short stable hash for cache keys (FNV-1a).
-fn short_hash(text: &str) -> String {
+pub fn short_hash(text: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in text.bytes() {
         h ^= b as u64;
@@ -255,7 +255,7 @@ fn spinner(message: &str) -> ProgressBar {
 
 /// Runs `cmd`, showing its latest output line on a spinner and keeping the
 /// whole output in `log`; on failure the end of the log is shown.
-fn run_logged(mut cmd: Command, what: &str, log: &Path) -> Result<()> {
+pub fn run_logged(mut cmd: Command, what: &str, log: &Path) -> Result<()> {
     let bar = spinner(what);
     let mut file =
         fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;

@@ -1,9 +1,12 @@
 //! `cargo xtask`: builds the native stack and runs the project's checks.
 //!
 //! - `cargo xtask build-mlx [--cuda 12|13]`: MLX and mlx-c into `dist/`.
-//! - `cargo xtask test [ARGS]`: build-mlx, then `cargo test --workspace`.
+//! - `cargo xtask fixtures`: reference models and mlx_lm's answers.
+//! - `cargo xtask test [ARGS]`: build-mlx, fixtures, then `cargo test --workspace`.
+//! - `cargo xtask demo`: build what is missing and stream a generation.
 
 mod build_mlx;
+mod fixtures;
 mod process;
 
 use anyhow::Result;
@@ -20,6 +23,14 @@ struct Cli {
 enum Command {
     /// Install MLX 0.32.2 and build mlx-c 0.7.0 into dist/ (idempotent).
     BuildMlx(build_mlx::Options),
+    /// Make the reference model directories and record mlx_lm's answers.
+    Fixtures,
+    /// Build what is missing, then stream a generation from a fixture model.
+    Demo {
+        /// The prompt.
+        #[arg(long, default_value = "The quick brown fox")]
+        prompt: String,
+    },
     /// Build what is missing, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test`.
@@ -38,10 +49,33 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::BuildMlx(opts) => build_mlx::run(&opts),
+        Command::Fixtures => fixtures::run().map(|_| ()),
+        Command::Demo { prompt } => {
+            build_mlx::run(&build_mlx::Options::default())?;
+            let dir = fixtures::run()?;
+            let mut cmd = process::cargo();
+            cmd.args([
+                "run",
+                "--quiet",
+                "--release",
+                "--",
+                "generate",
+                "--max-tokens",
+                "32",
+                "--model",
+            ])
+            .arg(dir.join("llama"))
+            .args(["--prompt", &prompt])
+            .env("MLXLM_PYTHON", dir.join("python"));
+            process::run_visible(cmd, "mlx-infer generate")
+        }
         Command::Test { args } => {
             build_mlx::run(&build_mlx::Options::default())?;
+            let dir = fixtures::run()?;
             let mut cmd = process::cargo();
-            cmd.args(["test", "--workspace"]).args(args);
+            cmd.args(["test", "--workspace"])
+                .args(args)
+                .env("MLXLM_PYTHON", dir.join("python"));
             process::run_visible(cmd, "cargo test")
         }
     }

@@ -1,0 +1,249 @@
+//! `mlx-infer generate` and `mlx-infer chat`: stream tokens to stdout.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use inference::{
+    CancellationToken, GenerateOptions, LoadOptions, Message, StopReason, TextModel, TokenStream,
+};
+use serde_json::json;
+
+/// Exit status after Ctrl-C (128 + SIGINT).
+const INTERRUPTED: i32 = 130;
+
+/// Options shared by `generate` and `chat`.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Model directory (default: MLX_INFER_MODEL, else the first model in the Hugging Face cache).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Force a backend (`mlx`, `metal`, `mlxlm`); default: the best available.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 disables).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Drop tokens below min_p times the top probability (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalty for tokens seen in the recent context.
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 20)]
+    repetition_context_size: usize,
+    /// Seed for reproducible sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// One JSON object per line: each token, then a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mlx-infer generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The prompt (default: read from stdin).
+    #[arg(long)]
+    prompt: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `mlx-infer chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// One user message: print the reply and exit (default: interactive on a
+    /// terminal, else the message is read from stdin).
+    #[arg(long)]
+    message: Option<String>,
+    /// A system message that frames the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+impl CommonArgs {
+    fn options(&self, cancel: CancellationToken) -> GenerateOptions {
+        let mut o = GenerateOptions::default()
+            .max_tokens(self.max_tokens)
+            .temperature(self.temperature)
+            .top_p(self.top_p)
+            .top_k(self.top_k)
+            .min_p(self.min_p)
+            .repetition_context_size(self.repetition_context_size)
+            .cancel(cancel);
+        o.repetition_penalty = self.repetition_penalty;
+        o.seed = self.seed;
+        o.stop = self.stop.clone();
+        o
+    }
+
+    fn load(&self) -> Result<Box<dyn TextModel>> {
+        let dir = crate::model_path::resolve(self.model.clone())?;
+        let model = match &self.backend {
+            Some(name) => {
+                inference::load_model_with(&dir, LoadOptions::default().backend(name.clone()))
+            }
+            None => inference::load_model(&dir),
+        };
+        Ok(model?)
+    }
+}
+
+/// Cancels `token` on Ctrl-C (installed once per process).
+fn cancel_on_ctrl_c() -> Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    ctrlc::set_handler(move || t.cancel()).context("cannot install the Ctrl-C handler")?;
+    Ok(token)
+}
+
+/// Streams one generation to stdout; returns the stop reason.
+fn stream_out(
+    mut stream: TokenStream<'_>,
+    json_lines: bool,
+    reply: &mut String,
+) -> Result<Option<StopReason>> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for token in stream.by_ref() {
+        let token = token?;
+        if json_lines {
+            writeln!(out, "{}", json!({"id": token.id, "text": token.text}))?;
+        } else {
+            write!(out, "{}", token.text)?;
+        }
+        out.flush()?;
+        reply.push_str(&token.text);
+    }
+    if !json_lines && !reply.is_empty() && !reply.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(stream.stop_reason())
+}
+
+/// Prints the summary: a JSON line, or a human line on stderr.
+fn summary(model: &dyn TextModel, reason: Option<StopReason>, json_lines: bool) -> Result<()> {
+    let m = model.metrics();
+    let reason = reason.map_or("unknown", StopReason::as_str);
+    if json_lines {
+        println!(
+            "{}",
+            json!({
+                "done": true,
+                "reason": reason,
+                "prompt_tokens": m.prompt_tokens,
+                "generated_tokens": m.generated_tokens,
+                "prompt_tps": m.prompt_tps,
+                "generation_tps": m.generation_tps,
+                "peak_memory_bytes": m.peak_memory_bytes,
+            })
+        );
+    } else {
+        eprintln!(
+            "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | peak memory: {:.1} MB | stop: {reason}",
+            m.prompt_tokens,
+            m.prompt_tps,
+            m.generated_tokens,
+            m.generation_tps,
+            m.peak_memory_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn exit_code(reason: Option<StopReason>) -> i32 {
+    if reason == Some(StopReason::Cancelled) {
+        INTERRUPTED
+    } else {
+        0
+    }
+}
+
+/// Runs `mlx-infer generate`.
+pub fn generate(args: GenerateArgs) -> Result<i32> {
+    let prompt = match args.prompt {
+        Some(p) => p,
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("no prompt: pass --prompt TEXT or pipe the prompt on stdin");
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the prompt from stdin")?;
+            text
+        }
+    };
+    let cancel = cancel_on_ctrl_c()?;
+    let mut model = args.common.load()?;
+    let opts = args.common.options(cancel);
+    let mut text = String::new();
+    let reason = stream_out(model.generate(&prompt, &opts), args.common.json, &mut text)?;
+    summary(model.as_ref(), reason, args.common.json)?;
+    Ok(exit_code(reason))
+}
+
+/// Runs `mlx-infer chat`.
+pub fn chat(args: ChatArgs) -> Result<i32> {
+    let cancel = cancel_on_ctrl_c()?;
+    let mut history: Vec<Message> = args.system.iter().map(Message::system).collect();
+    let one_shot = match &args.message {
+        Some(m) => Some(m.clone()),
+        None if !std::io::stdin().is_terminal() => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the message from stdin")?;
+            Some(text)
+        }
+        None => None,
+    };
+    let mut model = args.common.load()?;
+    if let Some(message) = one_shot {
+        history.push(Message::user(message));
+        let opts = args.common.options(cancel);
+        let mut reply = String::new();
+        let reason = stream_out(model.chat(&history, &opts), args.common.json, &mut reply)?;
+        summary(model.as_ref(), reason, args.common.json)?;
+        return Ok(exit_code(reason));
+    }
+
+    eprintln!(
+        "chatting with {} (empty line or Ctrl-D quits; Ctrl-C stops the reply and quits)",
+        model.info().path.display()
+    );
+    let opts = args.common.options(cancel);
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(0);
+        }
+        history.push(Message::user(line.trim_end()));
+        let mut reply = String::new();
+        let reason = stream_out(model.chat(&history, &opts), args.common.json, &mut reply)?;
+        summary(model.as_ref(), reason, args.common.json)?;
+        if reason == Some(StopReason::Cancelled) {
+            return Ok(INTERRUPTED);
+        }
+        history.push(Message::assistant(reply));
+    }
+}

@@ -1,0 +1,208 @@
+"""Bridge between the Rust `mlxlm` backend and Python's mlx_lm.
+
+Speaks JSON lines: one request per line on stdin, replies on stdout.
+
+  {"op": "load", "path": DIR}
+      -> {"ok": true, "info": {...}} | {"error": MESSAGE}
+  {"op": "generate", "prompt": TEXT, "options": {...}}
+  {"op": "generate", "messages": [{"role", "content"}...], "options": {...}}
+      -> {"token": ID, "text": TEXT} ... then
+         {"done": true, "reason": "eos"|"max_tokens"|"cancelled", "prompt_tokens": N,
+          "generated_tokens": N, "prompt_tps": X, "generation_tps": X,
+          "peak_memory_bytes": N}
+       | {"error": MESSAGE}
+  {"op": "cancel"}   (while generating) -> the stream ends with reason "cancelled"
+  {"op": "close"}    -> the process exits
+
+Raw prompts are encoded as mlx_lm.stream_generate does (special tokens added
+unless the prompt already starts with BOS); chat messages are rendered with
+the tokenizer's chat template (generation prompt added) and encoded without
+adding special tokens again. Each token is sent once the next one exists (or
+the stream ends), so that its text is final: the streaming detokenizer may
+still be holding part of a character or a space.
+"""
+
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Ctrl-C belongs to the Rust program, which cancels through the protocol.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+_out = sys.stdout
+sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+
+
+def send(obj):
+    _out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    _out.flush()
+
+
+requests = queue.Queue()
+
+
+def read_stdin():
+    for line in sys.stdin:
+        line = line.strip()
+        if line:
+            requests.put(line)
+    requests.put(None)
+
+
+STATE = {}
+
+
+def load(path):
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+
+    model, tokenizer, config = mlx_load(path, return_config=True)
+    STATE.update(model=model, tokenizer=tokenizer, config=config, mx=mx)
+    text = config.get("text_config", config)
+    quant = config.get("quantization") or {}
+    return {
+        "model_type": config.get("model_type", ""),
+        "vocab_size": text.get("vocab_size"),
+        "num_layers": text.get("num_hidden_layers"),
+        "hidden_size": text.get("hidden_size"),
+        "quantization_bits": quant.get("bits"),
+        "eos_token_ids": sorted(int(i) for i in tokenizer.eos_token_ids),
+    }
+
+
+def encode(req):
+    tokenizer = STATE["tokenizer"]
+    if "messages" in req:
+        if not tokenizer.has_chat_template:
+            raise ValueError("this model has no chat template")
+        text = tokenizer.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    prompt = req["prompt"]
+    bos = tokenizer.bos_token
+    return tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos))
+
+
+def cancelled():
+    """True when a cancel request is waiting; other requests are kept."""
+    kept, hit = [], False
+    while True:
+        try:
+            line = requests.get_nowait()
+        except queue.Empty:
+            break
+        if line is not None and json.loads(line).get("op") == "cancel":
+            hit = True
+        else:
+            kept.append(line)
+    for line in kept:
+        requests.put(line)
+    return hit
+
+
+def generate(req):
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    mx, model, tokenizer = STATE["mx"], STATE["model"], STATE["tokenizer"]
+    opts = req.get("options", {})
+    ids = encode(req)
+    if opts.get("seed") is not None:
+        mx.random.seed(int(opts["seed"]))
+    top_p = float(opts.get("top_p", 1.0))
+    sampler = make_sampler(
+        temp=float(opts.get("temperature", 0.0)),
+        top_p=top_p if top_p < 1.0 else 0.0,
+        min_p=float(opts.get("min_p", 0.0)),
+        top_k=int(opts.get("top_k", 0)),
+    )
+    processors = make_logits_processors(
+        repetition_penalty=opts.get("repetition_penalty"),
+        repetition_context_size=int(opts.get("repetition_context_size", 20)),
+    )
+    max_tokens = int(opts.get("max_tokens", 256))
+    eos = set(int(i) for i in tokenizer.eos_token_ids)
+    detok = tokenizer.detokenizer
+    detok.reset()
+    mx.reset_peak_memory()
+
+    reason, held, n = "max_tokens", None, 0
+    prompt_tps, gen_start = 0.0, time.perf_counter()
+    start = time.perf_counter()
+    if max_tokens > 0:
+        steps = generate_step(mx.array(ids), model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
+        for token, _ in steps:
+            token = int(token)
+            if n == 0:
+                elapsed = time.perf_counter() - start
+                prompt_tps = len(ids) / elapsed if elapsed > 0 else 0.0
+                gen_start = time.perf_counter()
+            if cancelled():
+                reason = "cancelled"
+                break
+            if token in eos:
+                reason = "eos"
+                break
+            n += 1
+            detok.add_token(token)
+            if held is not None:
+                send({"token": held[0], "text": held[1]})
+            held = (token, detok.last_segment)
+            if n >= max_tokens:
+                break
+    detok.finalize()
+    if held is not None:
+        send({"token": held[0], "text": held[1] + detok.last_segment})
+    elapsed = time.perf_counter() - gen_start
+    send(
+        {
+            "done": True,
+            "reason": reason,
+            "prompt_tokens": len(ids),
+            "generated_tokens": n,
+            "prompt_tps": prompt_tps,
+            "generation_tps": n / elapsed if n and elapsed > 0 else 0.0,
+            "peak_memory_bytes": int(mx.get_peak_memory()),
+        }
+    )
+
+
+def main():
+    threading.Thread(target=read_stdin, daemon=True).start()
+    send({"ready": True})
+    while True:
+        line = requests.get()
+        if line is None:
+            return
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            send({"error": f"bad request: {e}"})
+            continue
+        op = req.get("op")
+        try:
+            if op == "load":
+                send({"ok": True, "info": load(req["path"])})
+            elif op == "generate":
+                generate(req)
+            elif op == "cancel":
+                continue
+            elif op == "close":
+                return
+            else:
+                send({"error": f"unknown op {op!r}"})
+        except Exception as e:  # reported to the caller, which ends its stream
+            traceback.print_exc(file=sys.stderr)
+            send({"error": f"{type(e).__name__}: {e}"})
+
+
+if __name__ == "__main__":
+    main()

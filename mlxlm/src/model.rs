@@ -1,0 +1,221 @@
+//! A model served by the bridge, and its token stream.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use inference::{
+    GenerateOptions, Message, Metrics, ModelInfo, StopReason, StopStrings, TextModel, Token,
+    TokenSource, TokenStream,
+};
+use serde_json::{json, Value};
+
+use crate::bridge::Bridge;
+use crate::{Error, Result, BACKEND_NAME};
+
+/// A model loaded by Python's mlx_lm in a subprocess.
+pub struct MlxLmModel {
+    bridge: Bridge,
+    info: ModelInfo,
+    metrics: Metrics,
+}
+
+impl MlxLmModel {
+    /// Starts a bridge process and loads `dir` in it.
+    pub fn load(dir: &Path) -> Result<MlxLmModel> {
+        let load_error = |message: String| Error::Load {
+            path: dir.to_path_buf(),
+            message,
+        };
+        if !dir.is_dir() {
+            return Err(load_error("no such model directory".into()));
+        }
+        if !dir.join("config.json").is_file() {
+            return Err(load_error("no config.json in the model directory".into()));
+        }
+        let mut bridge = Bridge::start()?;
+        bridge.send(&json!({"op": "load", "path": dir}))?;
+        let reply = bridge.recv().map_err(|e| match e {
+            Error::Python { message } => load_error(message),
+            other => other,
+        })?;
+        let info = &reply["info"];
+        let count = |key: &str| info.get(key).and_then(Value::as_u64).map(|n| n as usize);
+        let info = ModelInfo {
+            backend: BACKEND_NAME.into(),
+            architecture: info["model_type"].as_str().unwrap_or_default().to_string(),
+            path: dir.to_path_buf(),
+            vocab_size: count("vocab_size"),
+            num_layers: count("num_layers"),
+            hidden_size: count("hidden_size"),
+            quantization_bits: count("quantization_bits").map(|b| b as u32),
+        };
+        Ok(MlxLmModel {
+            bridge,
+            info,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The bridge process's id.
+    pub fn process_id(&self) -> u32 {
+        self.bridge.pid()
+    }
+
+    fn start(&mut self, mut request: Value, opts: &GenerateOptions) -> TokenStream<'_> {
+        if let Err(e) = opts.validate() {
+            return TokenStream::failed(e);
+        }
+        request["op"] = json!("generate");
+        request["options"] = json!({
+            "max_tokens": opts.max_tokens,
+            "temperature": opts.temperature,
+            "top_k": opts.top_k,
+            "top_p": opts.top_p,
+            "min_p": opts.min_p,
+            "repetition_penalty": opts.repetition_penalty,
+            "repetition_context_size": opts.repetition_context_size,
+            "seed": opts.seed,
+        });
+        self.metrics = Metrics::default();
+        if let Err(e) = self.bridge.send(&request) {
+            return TokenStream::failed(e.into());
+        }
+        TokenStream::new(Generation {
+            model: self,
+            opts: opts.clone(),
+            stops: StopStrings::new(&opts.stop),
+            ready: VecDeque::new(),
+            reason: None,
+            finished: false,
+        })
+    }
+}
+
+impl TextModel for MlxLmModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a> {
+        self.start(json!({ "prompt": prompt }), opts)
+    }
+
+    fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a> {
+        self.start(json!({ "messages": messages }), opts)
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.metrics
+    }
+}
+
+/// One generation in flight.
+struct Generation<'a> {
+    model: &'a mut MlxLmModel,
+    opts: GenerateOptions,
+    stops: StopStrings,
+    ready: VecDeque<Token>,
+    reason: Option<StopReason>,
+    finished: bool,
+}
+
+impl Generation<'_> {
+    /// Records the final message's figures.
+    fn record(&mut self, done: &Value) {
+        let num = |k: &str| done.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        self.model.metrics = Metrics {
+            prompt_tokens: num("prompt_tokens") as usize,
+            generated_tokens: num("generated_tokens") as usize,
+            prompt_tps: num("prompt_tps"),
+            generation_tps: num("generation_tps"),
+            peak_memory_bytes: num("peak_memory_bytes") as u64,
+        };
+    }
+
+    /// Asks the bridge to stop and reads up to its final message.
+    fn stop_early(&mut self, reason: StopReason) -> Result<()> {
+        self.model.bridge.send(&json!({"op": "cancel"}))?;
+        loop {
+            let msg = self.model.bridge.recv()?;
+            if msg.get("done").is_some() {
+                self.record(&msg);
+                self.reason = Some(reason);
+                return Ok(());
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<()> {
+        if self.opts.is_cancelled() {
+            self.ready.extend(self.stops.finish());
+            return self.stop_early(StopReason::Cancelled);
+        }
+        let msg = self.model.bridge.recv()?;
+        if let Some(id) = msg.get("token").and_then(Value::as_u64) {
+            let text = msg.get("text").and_then(Value::as_str).unwrap_or_default();
+            let (ready, hit) = self.stops.push(Token {
+                id: id as u32,
+                text: text.to_string(),
+            });
+            self.ready.extend(ready);
+            if hit {
+                return self.stop_early(StopReason::Stop);
+            }
+            return Ok(());
+        }
+        if msg.get("done").is_some() {
+            self.ready.extend(self.stops.finish());
+            self.record(&msg);
+            let reason = msg
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            self.reason = Some(StopReason::parse(reason).ok_or_else(|| Error::Protocol {
+                line: msg.to_string(),
+                problem: "unknown stop reason".into(),
+                stderr: String::new(),
+            })?);
+            return Ok(());
+        }
+        Err(Error::Protocol {
+            line: msg.to_string(),
+            problem: "expected a token or the final message".into(),
+            stderr: String::new(),
+        })
+    }
+}
+
+impl Drop for Generation<'_> {
+    /// A stream dropped before its end stops the bridge's generation, so the
+    /// next request starts on a clean channel.
+    fn drop(&mut self) {
+        if !self.finished && self.reason.is_none() {
+            let _ = self.stop_early(StopReason::Cancelled);
+        }
+    }
+}
+
+impl TokenSource for Generation<'_> {
+    fn next_token(&mut self) -> Option<inference::Result<Token>> {
+        loop {
+            if let Some(token) = self.ready.pop_front() {
+                return Some(Ok(token));
+            }
+            if self.finished || self.reason.is_some() {
+                return None;
+            }
+            if let Err(e) = self.step() {
+                self.finished = true;
+                return Some(Err(e.into()));
+            }
+        }
+    }
+
+    fn stop_reason(&self) -> Option<StopReason> {
+        if self.ready.is_empty() {
+            self.reason
+        } else {
+            None
+        }
+    }
+}
