@@ -1,0 +1,48 @@
+//! The supported architectures, one file each, behind one trait.
+
+mod gemma3_text;
+mod llama;
+mod qwen3;
+
+use std::path::Path;
+
+use crate::llm::cache::KvCache;
+use crate::llm::config::Config;
+use crate::llm::weights::Weights;
+use crate::{Array, Error, Result};
+
+/// A decoder-only language model.
+pub trait Architecture: Send {
+    /// Logits `[B, L, vocab]` for token ids `[B, L]`, reading and extending
+    /// `caches` (one per layer).
+    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+
+    /// Fresh caches, one per layer.
+    fn make_caches(&self) -> Vec<KvCache>;
+
+    /// Number of transformer blocks.
+    fn num_layers(&self) -> usize;
+}
+
+/// The `model_type`s this crate runs natively.
+pub const SUPPORTED: &[&str] = &["llama", "qwen3", "gemma3_text", "gemma3"];
+
+/// Builds the architecture named by `config.model_type` from `dir`'s weights.
+pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn Architecture>> {
+    let strip = (config.model_type == "gemma3_text").then_some("language_model.");
+    let mut weights = Weights::load(dir, config, strip)?;
+    let model: Box<dyn Architecture> = match config.model_type.as_str() {
+        "llama" => Box::new(llama::Llama::load(config, &mut weights)?),
+        "qwen3" => Box::new(qwen3::Qwen3::load(config, &mut weights)?),
+        "gemma3_text" => Box::new(gemma3_text::Gemma3Text::load(config, &mut weights)?),
+        other => {
+            return Err(Error::File {
+                path: config_path.to_path_buf(),
+                message: format!(
+                    "model_type `{other}` is not supported (supported: llama, qwen3, gemma3_text, gemma3)"
+                ),
+            })
+        }
+    };
+    Ok(model)
+}

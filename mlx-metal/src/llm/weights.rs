@@ -1,0 +1,273 @@
+//! Loading a model's safetensors (single file or sharded) and handing out
+//! tensors by name with their expected shapes checked.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::llm::config::{Config, QuantConfig};
+use crate::nn::{Embedding, Linear, RmsNorm};
+use crate::{load_safetensors, Array, Dtype, Error, QuantizedWeight, Result};
+
+/// Every tensor of a model, with the file it came from.
+pub struct Weights {
+    dir: PathBuf,
+    tensors: HashMap<String, (Array, PathBuf)>,
+    quant: Option<QuantConfig>,
+    config: Config,
+}
+
+/// The weight files of `dir`: those named by `model.safetensors.index.json`,
+/// else every `*.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::File {
+            path: index.clone(),
+            message: e.to_string(),
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
+            path: index.clone(),
+            message: format!("invalid JSON: {e}"),
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::File {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::File {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::File {
+            path: dir.to_path_buf(),
+            message: "no *.safetensors weight files".into(),
+        });
+    }
+    Ok(files)
+}
+
+/// Checks a file's header and that every tensor lies inside the file, so a
+/// truncated or corrupt file fails here, naming itself, not later in MLX.
+fn validate(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |message: String| Error::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n)
+        .map_err(|_| bad("truncated: shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || 8 + n > len {
+        return Err(bad(format!(
+            "corrupt: header length {n} does not fit the file ({len} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("truncated header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt header: {e}")))?;
+    let entries = header
+        .as_object()
+        .ok_or_else(|| bad("corrupt header: not an object".into()))?;
+    let data_len = len - 8 - n;
+    for (name, info) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| {
+                bad(format!(
+                    "corrupt header: tensor `{name}` has no data_offsets"
+                ))
+            })?;
+        if end > data_len {
+            return Err(bad(format!(
+                "truncated: tensor `{name}` ends at byte {end} of the data but the file holds {data_len}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Weights {
+    /// Loads every weight file of `dir` (lazily: MLX reads tensors when
+    /// they are first used). Names under `strip_prefix` lose it.
+    pub fn load(dir: &Path, config: &Config, strip_prefix: Option<&str>) -> Result<Weights> {
+        let mut tensors = HashMap::new();
+        for file in weight_files(dir)? {
+            if !file.is_file() {
+                return Err(Error::File {
+                    path: file,
+                    message: "weight file listed in model.safetensors.index.json is missing".into(),
+                });
+            }
+            validate(&file)?;
+            for (name, array) in load_safetensors(&file)?.tensors {
+                let name = match strip_prefix {
+                    Some(p) => name.strip_prefix(p).map(str::to_string).unwrap_or(name),
+                    None => name,
+                };
+                tensors.insert(name, (array, file.clone()));
+            }
+        }
+        Ok(Weights {
+            dir: dir.to_path_buf(),
+            quant: config.quant()?,
+            tensors,
+            config: config.clone(),
+        })
+    }
+
+    /// Whether a tensor exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::File {
+            path: self.dir.clone(),
+            message: format!("tensor `{name}` is missing from the weights"),
+        }
+    }
+
+    /// Takes tensor `name`, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[i32]) -> Result<Array> {
+        let (array, file) = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| self.missing(name))?;
+        if array.shape() != shape {
+            return Err(Error::File {
+                path: file,
+                message: format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    array.shape()
+                ),
+            });
+        }
+        Ok(array)
+    }
+
+    /// The quantisation of the module at `prefix`, if it is quantised.
+    fn quant_for(&self, prefix: &str) -> Result<Option<QuantConfig>> {
+        let packed = self
+            .tensors
+            .get(&format!("{prefix}.weight"))
+            .is_some_and(|(a, _)| a.dtype() == Dtype::Uint32);
+        let has_scales = self.has(&format!("{prefix}.scales"));
+        if !packed && !has_scales {
+            return Ok(None);
+        }
+        let file = self
+            .tensors
+            .get(&format!("{prefix}.weight"))
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| self.dir.clone());
+        if !has_scales {
+            return Err(Error::File {
+                path: file,
+                message: format!("`{prefix}.weight` is quantised but `{prefix}.scales` is missing"),
+            });
+        }
+        let q = match self.config.quant_override(prefix) {
+            Some(Some(q)) => Some(q),
+            Some(None) => None,
+            None => self.quant,
+        };
+        q.map(Some).ok_or_else(|| Error::File {
+            path: file,
+            message: format!("`{prefix}` is quantised but config.json has no `quantization` block"),
+        })
+    }
+
+    fn quantized(
+        &mut self,
+        prefix: &str,
+        q: QuantConfig,
+        out: i32,
+        inp: i32,
+    ) -> Result<QuantizedWeight> {
+        if inp % q.group_size != 0 || (inp * q.bits) % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "`{prefix}`: input width {inp} does not fit group size {} and {} bits",
+                q.group_size, q.bits
+            )));
+        }
+        let groups = inp / q.group_size;
+        Ok(QuantizedWeight {
+            weight: self.take(&format!("{prefix}.weight"), &[out, inp * q.bits / 32])?,
+            scales: self.take(&format!("{prefix}.scales"), &[out, groups])?,
+            biases: self.take(&format!("{prefix}.biases"), &[out, groups])?,
+            group_size: q.group_size,
+            bits: q.bits,
+        })
+    }
+
+    /// A linear layer `prefix` mapping `inp` → `out` features.
+    pub fn linear(&mut self, prefix: &str, inp: i32, out: i32, bias: bool) -> Result<Linear> {
+        let b = if bias {
+            Some(self.take(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(match self.quant_for(prefix)? {
+            Some(q) => Linear::Quantized {
+                weight: self.quantized(prefix, q, out, inp)?,
+                bias: b,
+            },
+            None => Linear::Dense {
+                weight: self.take(&format!("{prefix}.weight"), &[out, inp])?,
+                bias: b,
+            },
+        })
+    }
+
+    /// An embedding table `prefix` of `vocab` rows of `dim`.
+    pub fn embedding(&mut self, prefix: &str, vocab: i32, dim: i32) -> Result<Embedding> {
+        Ok(match self.quant_for(prefix)? {
+            Some(q) => Embedding::Quantized(self.quantized(prefix, q, vocab, dim)?),
+            None => Embedding::Dense(self.take(&format!("{prefix}.weight"), &[vocab, dim])?),
+        })
+    }
+
+    /// An RMS norm `prefix` over `dim` features.
+    pub fn rms_norm(&mut self, prefix: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm::new(
+            self.take(&format!("{prefix}.weight"), &[dim])?,
+            eps,
+        ))
+    }
+
+    /// A Gemma-style RMS norm (scales by `1 + w`).
+    pub fn rms_norm_offset_one(&mut self, prefix: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
+        RmsNorm::offset_one(self.take(&format!("{prefix}.weight"), &[dim])?, eps)
+    }
+
+    /// Drops tensors the model does not use (e.g. precomputed rotary
+    /// frequencies, vision towers).
+    pub fn discard(&mut self, pred: impl Fn(&str) -> bool) {
+        self.tensors.retain(|k, _| !pred(k));
+    }
+}
