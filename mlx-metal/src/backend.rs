@@ -4,10 +4,13 @@ use std::path::Path;
 
 use inference::{Backend, BackendRegistration, BackendStatus, LoadOptions, TextModel};
 
+use crate::llm::NativeModel;
 use crate::runtime::{backend_name, device_description, mlx_version};
 
 /// Runs models in-process on MLX: registered as `metal` on Apple silicon and
-/// as `mlx` (CPU or CUDA) elsewhere. Preferred over `mlxlm`.
+/// as `mlx` (CPU or CUDA) elsewhere. Preferred over `mlxlm`; answers
+/// `Unsupported` for architectures it does not run, so that `load_model`
+/// falls back to another backend.
 pub struct MlxBackend;
 
 impl Backend for MlxBackend {
@@ -24,11 +27,7 @@ impl Backend for MlxBackend {
     }
 
     fn load(&self, dir: &Path, _opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        Err(inference::Error::Unsupported(format!(
-            "the {} backend cannot load models yet ({})",
-            backend_name(),
-            dir.display()
-        )))
+        Ok(Box::new(NativeModel::load(dir)?))
     }
 }
 

@@ -18,6 +18,14 @@ pub enum Error {
     /// panicked; the text says how.
     #[error("closure failed: {0}")]
     Closure(String),
+    /// The model's architecture is not one this crate runs.
+    #[error("{path}: model_type `{model_type}` is not supported natively (supported: llama, qwen3, gemma3_text, gemma3)")]
+    UnsupportedModel {
+        /// The config.json naming it.
+        path: PathBuf,
+        /// The `model_type` found.
+        model_type: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     File {
@@ -33,6 +41,7 @@ impl From<Error> for inference::Error {
         match e {
             Error::File { path, message } => inference::Error::InvalidModel { path, message },
             Error::InvalidArgument(m) => inference::Error::InvalidArgument(m),
+            e @ Error::UnsupportedModel { .. } => inference::Error::Unsupported(e.to_string()),
             other => inference::Error::backend(crate::backend_name(), other.to_string()),
         }
     }

@@ -188,6 +188,9 @@ fn take_and_take_along_axis() {
     let a = ramp(&[2, 3], 0.0, 1.0);
     let idx = Array::from_slice(&[2i32, 0], &[2, 1]).unwrap();
     assert_eq!(floats(&a.take_along_axis(&idx, 1).unwrap()), vec![2.0, 3.0]);
+    let vals = Array::from_slice(&[-1.0f32, -2.0], &[2, 1]).unwrap();
+    let put = a.put_along_axis(&idx, &vals, 1).unwrap();
+    assert_eq!(floats(&put), vec![0.0, 1.0, -1.0, -2.0, 4.0, 5.0]);
 }
 
 #[test]

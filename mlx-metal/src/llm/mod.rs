@@ -3,8 +3,15 @@
 //! generation loop.
 
 pub mod cache;
+pub mod chat_template;
 pub mod config;
 mod fused;
+pub mod generate;
 pub mod layers;
+mod model;
 pub mod models;
+pub mod sampler;
+pub mod tokenizer;
 pub mod weights;
+
+pub use model::NativeModel;

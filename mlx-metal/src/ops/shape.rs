@@ -138,6 +138,15 @@ impl Array {
         })
     }
 
+    /// A copy of `self` with `values` written at `indices` along `axis`
+    /// (the scatter counterpart of [`take_along_axis`](Self::take_along_axis)).
+    pub fn put_along_axis(&self, indices: &Array, values: &Array, axis: i32) -> Result<Array> {
+        // SAFETY: handles are valid; `res` is owned by the result.
+        Array::build(|res, s| unsafe {
+            sys::mlx_put_along_axis(res, self.raw(), indices.raw(), values.raw(), axis, s)
+        })
+    }
+
     /// Inserts size-one axes at `axes`.
     pub fn expand_dims(&self, axes: &[i32]) -> Result<Array> {
         // SAFETY: `axes` is valid for its length; handles are valid.

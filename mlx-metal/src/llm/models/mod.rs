@@ -36,11 +36,9 @@ pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn A
         "qwen3" => Box::new(qwen3::Qwen3::load(config, &mut weights)?),
         "gemma3_text" => Box::new(gemma3_text::Gemma3Text::load(config, &mut weights)?),
         other => {
-            return Err(Error::File {
+            return Err(Error::UnsupportedModel {
                 path: config_path.to_path_buf(),
-                message: format!(
-                    "model_type `{other}` is not supported (supported: llama, qwen3, gemma3_text, gemma3)"
-                ),
+                model_type: other.to_string(),
             })
         }
     };

@@ -1,0 +1,177 @@
+//! A model directory loaded for native generation: architecture, tokenizer
+//! and chat template behind the `inference::TextModel` trait.
+
+use std::path::Path;
+
+use inference::{
+    GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource,
+    TokenStream,
+};
+
+use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
+use crate::llm::config::Config;
+use crate::llm::generate::{Generation, PREFILL_STEP};
+use crate::llm::models::{self, Architecture};
+use crate::llm::tokenizer::Tokenizer;
+use crate::{backend_name, Error, Result};
+
+/// A language model running in-process on MLX.
+///
+/// ```no_run
+/// use inference::{GenerateOptions, TextModel};
+///
+/// let mut model = mlx_metal::llm::NativeModel::load("models/qwen3-0.6b".as_ref())?;
+/// let opts = GenerateOptions::default().max_tokens(32);
+/// for token in model.generate("The capital of France is", &opts) {
+///     print!("{}", token?.text);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct NativeModel {
+    arch: Box<dyn Architecture>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    info: ModelInfo,
+    metrics: Metrics,
+}
+
+impl NativeModel {
+    /// Loads `dir`: config.json, safetensors weights, tokenizer.json and
+    /// (when present) the chat template.
+    pub fn load(dir: &Path) -> Result<NativeModel> {
+        if !dir.is_dir() {
+            return Err(Error::File {
+                path: dir.to_path_buf(),
+                message: "no such model directory".into(),
+            });
+        }
+        let (config, config_path) = Config::load(dir)?;
+        let tokenizer = Tokenizer::load(dir, &config)?;
+        let arch = models::load(dir, &config, &config_path)?;
+        let template = match tokenizer.chat_template() {
+            Some((source, path)) => Some(ChatTemplate::new(source, path)?),
+            None => None,
+        };
+        let info = ModelInfo {
+            backend: backend_name().into(),
+            architecture: config.model_type.clone(),
+            path: dir.to_path_buf(),
+            vocab_size: config.vocab_size.map(|v| v as usize),
+            num_layers: Some(arch.num_layers()),
+            hidden_size: config.hidden_size.map(|h| h as usize),
+            quantization_bits: config.quant()?.map(|q| q.bits as u32),
+        };
+        Ok(NativeModel {
+            arch,
+            tokenizer,
+            template,
+            info,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The architecture (for direct forward passes).
+    pub fn architecture(&self) -> &dyn Architecture {
+        self.arch.as_ref()
+    }
+
+    /// The prompt ids a chat conversation encodes to: the template rendered
+    /// with the generation prompt, encoded without adding special tokens
+    /// again.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let template = self.template.as_ref().ok_or_else(|| Error::File {
+            path: self.info.path.join("tokenizer_config.json"),
+            message: "this model has no chat template (no `chat_template` in tokenizer_config.json and no chat_template.jinja)".into(),
+        })?;
+        let msgs: Vec<TemplateMessage<'_>> = messages
+            .iter()
+            .map(|m| TemplateMessage {
+                role: m.role.as_str(),
+                content: &m.content,
+            })
+            .collect();
+        let text = template.render(
+            &msgs,
+            self.tokenizer.bos_token(),
+            self.tokenizer.eos_token(),
+        )?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    fn stream(&mut self, prompt: Result<Vec<u32>>, opts: &GenerateOptions) -> TokenStream<'_> {
+        if let Err(e) = opts.validate() {
+            return TokenStream::failed(e);
+        }
+        let prompt = match prompt {
+            Ok(p) => p,
+            Err(e) => return TokenStream::failed(e.into()),
+        };
+        self.metrics = Metrics {
+            prompt_tokens: prompt.len(),
+            ..Default::default()
+        };
+        match Generation::start(
+            self.arch.as_ref(),
+            &self.tokenizer,
+            &prompt,
+            opts,
+            PREFILL_STEP,
+        ) {
+            Ok(generation) => TokenStream::new(Source {
+                generation,
+                metrics: &mut self.metrics,
+            }),
+            Err(e) => TokenStream::failed(e.into()),
+        }
+    }
+}
+
+/// Adapts a [`Generation`] to the `inference` stream, recording metrics.
+struct Source<'a> {
+    generation: Generation<'a>,
+    metrics: &'a mut Metrics,
+}
+
+impl TokenSource for Source<'_> {
+    fn next_token(&mut self) -> Option<inference::Result<Token>> {
+        let item = self.generation.next_token();
+        let t = self.generation.timing();
+        *self.metrics = Metrics {
+            prompt_tokens: t.prompt_tokens,
+            generated_tokens: t.generated,
+            prompt_tps: t.prompt_tps,
+            generation_tps: t.generation_tps,
+            peak_memory_bytes: crate::peak_memory().unwrap_or(0) as u64,
+        };
+        item.map(|r| r.map_err(inference::Error::from))
+    }
+
+    fn stop_reason(&self) -> Option<StopReason> {
+        self.generation.stop_reason()
+    }
+}
+
+impl TextModel for NativeModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a> {
+        let ids = self.tokenizer.encode_prompt(prompt);
+        self.stream(ids, opts)
+    }
+
+    fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a> {
+        let ids = self.chat_prompt(messages);
+        self.stream(ids, opts)
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.metrics
+    }
+}

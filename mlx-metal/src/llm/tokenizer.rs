@@ -1,0 +1,225 @@
+//! The tokenizer (`tokenizer.json` through the `tokenizers` crate), the
+//! special tokens a model declares, and streaming detokenisation.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::llm::config::{ids, Config};
+use crate::{Error, Result};
+
+/// A model's tokenizer with its BOS/EOS tokens and chat template source.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    eos_ids: Vec<u32>,
+    chat_template: Option<(String, PathBuf)>,
+    path: PathBuf,
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::File {
+                path: path.to_path_buf(),
+                message: format!("invalid JSON: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// A special token as tokenizer_config.json writes it: a string or an
+/// `{"content": ...}` object.
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json` and the special tokens from
+    /// tokenizer_config.json, config.json and generation_config.json.
+    pub fn load(dir: &Path, config: &Config) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::File {
+                path,
+                message: "missing (the native backend needs tokenizer.json)".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::File {
+            path: path.clone(),
+            message: format!("cannot load the tokenizer: {e}"),
+        })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let tok_cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
+        let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+        let bos_token = token_text(tok_cfg.get("bos_token"));
+        let eos_token = token_text(tok_cfg.get("eos_token"));
+
+        let mut eos: BTreeSet<u32> = config.eos_ids().into_iter().collect();
+        eos.extend(ids(gen_cfg.get("eos_token_id")));
+        if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
+            eos.insert(id);
+        }
+
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = match tok_cfg.get("chat_template") {
+            Some(Value::String(s)) => Some((s.clone(), cfg_path.clone())),
+            Some(Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or_else(|| named.first())
+                .and_then(|t| t.get("template").and_then(Value::as_str))
+                .map(|s| (s.to_string(), cfg_path.clone())),
+            _ => None,
+        };
+        let chat_template = match chat_template {
+            Some(t) => Some(t),
+            None if jinja.is_file() => Some((
+                std::fs::read_to_string(&jinja).map_err(|e| Error::File {
+                    path: jinja.clone(),
+                    message: e.to_string(),
+                })?,
+                jinja,
+            )),
+            None => None,
+        };
+        Ok(Tokenizer {
+            inner,
+            bos_token,
+            eos_token,
+            eos_ids: eos.into_iter().collect(),
+            chat_template,
+            path,
+        })
+    }
+
+    /// Token ids of `text`; `add_special` applies the post-processor (BOS...).
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::File {
+                path: self.path.clone(),
+                message: format!("cannot encode: {e}"),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A raw prompt as mlx_lm encodes it: special tokens added unless the
+    /// prompt already starts with the BOS token.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let add = match &self.bos_token {
+            Some(bos) => !prompt.starts_with(bos.as_str()),
+            None => true,
+        };
+        self.encode(prompt, add)
+    }
+
+    /// Text of `ids`, special tokens included (as Hugging Face's `decode`).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::File {
+            path: self.path.clone(),
+            message: format!("cannot decode: {e}"),
+        })
+    }
+
+    /// The end-of-sequence ids (config.json, generation_config.json and
+    /// tokenizer_config.json together).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// The BOS token text.
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    /// The EOS token text.
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    /// The chat template source and the file it came from.
+    pub fn chat_template(&self) -> Option<(&str, &Path)> {
+        self.chat_template
+            .as_ref()
+            .map(|(t, p)| (t.as_str(), p.as_path()))
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// A fresh streaming detokenizer.
+    pub fn detokenizer(&self) -> Detokenizer<'_> {
+        Detokenizer {
+            tokenizer: self,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            emitted: 0,
+        }
+    }
+}
+
+/// Turns a stream of ids into text pieces that never split a UTF-8
+/// character and that add up to `decode(all ids)`.
+///
+/// Each step decodes a short window (from a few tokens back, so decoders
+/// that strip a leading space see the same context as a full decode) and
+/// emits what the newest tokens added, once it no longer ends in an
+/// incomplete character.
+pub struct Detokenizer<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+    emitted: usize,
+}
+
+impl Detokenizer<'_> {
+    /// Adds a token; returns the text that became final (maybe empty).
+    pub fn add(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        if text.len() > prefix.len() && text.starts_with(&prefix) && !text.ends_with('\u{FFFD}') {
+            let new = text[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            self.emitted += new.len();
+            return Ok(new);
+        }
+        Ok(String::new())
+    }
+
+    /// Whether some added tokens have not yet produced their text.
+    pub fn pending(&self) -> bool {
+        self.read_offset < self.ids.len()
+    }
+
+    /// The rest of the text once the stream has ended (an incomplete
+    /// character at the very end decodes to U+FFFD, as a full decode does).
+    pub fn finish(&mut self) -> Result<String> {
+        let full = self.tokenizer.decode(&self.ids)?;
+        let rest = full.get(self.emitted..).unwrap_or_default().to_string();
+        self.emitted = full.len();
+        self.read_offset = self.ids.len();
+        self.prefix_offset = self.ids.len();
+        Ok(rest)
+    }
+}
