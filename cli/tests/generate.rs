@@ -1,4 +1,4 @@
-//! `mlx-infer generate` and `chat` end to end through the mlxlm backend,
+//! `mlx-infer generate` and `chat` end to end through the native and mlxlm backends,
 //! against mlx_lm's recorded answers (fixtures from `cargo xtask fixtures`).
 
 use std::io::{BufRead, BufReader, Write};
@@ -99,9 +99,22 @@ fn check_done(lines: &[Value], r: &Value, part: &str) {
     }
 }
 
+/// The backends under test: the native one and mlxlm.
+fn backends() -> [&'static str; 2] {
+    let native = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        "metal"
+    } else {
+        "mlx"
+    };
+    [native, "mlxlm"]
+}
+
 #[test]
 fn generate_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
-    for dir in models() {
+    for (dir, backend) in models()
+        .into_iter()
+        .flat_map(|d| backends().map(|b| (d.clone(), b)))
+    {
         let r = reference(&dir);
         let max = r["max_tokens"].to_string();
         let (code, lines, stderr) = run_json(
@@ -109,7 +122,7 @@ fn generate_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
                 .args([
                     "generate",
                     "--backend",
-                    "mlxlm",
+                    backend,
                     "--temperature",
                     "0",
                     "--json",
@@ -134,7 +147,10 @@ fn generate_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
 
 #[test]
 fn chat_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
-    for dir in models() {
+    for (dir, backend) in models()
+        .into_iter()
+        .flat_map(|d| backends().map(|b| (d.clone(), b)))
+    {
         let r = reference(&dir);
         let msgs = r["chat"]["messages"].as_array().unwrap();
         assert_eq!(msgs[0]["role"], "system");
@@ -144,7 +160,7 @@ fn chat_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
                 .args([
                     "chat",
                     "--backend",
-                    "mlxlm",
+                    backend,
                     "--temperature",
                     "0",
                     "--json",
@@ -196,7 +212,7 @@ fn plain_output_streams_text_and_a_summary_line() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         stdout.trim_end_matches('\n'),
-        r["raw"]["stream_text"]
+        r["raw"]["greedy_text"]
             .as_str()
             .unwrap()
             .trim_end_matches('\n')
@@ -267,14 +283,16 @@ fn python_child(pid: u32) -> Option<u32> {
 }
 
 /// Starts a long generation and waits for its first token line.
-fn start_long_generation() -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+fn start_long_generation(
+    backend: &str,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
     use std::os::unix::process::CommandExt;
     let mut child = cli()
         .process_group(0)
         .args([
             "generate",
             "--backend",
-            "mlxlm",
+            backend,
             "--json",
             "--max-tokens",
             "1000000",
@@ -314,7 +332,7 @@ fn wait_with_deadline(
 
 #[test]
 fn killing_the_python_process_is_an_error_within_a_second() {
-    let (mut child, stdout) = start_long_generation();
+    let (mut child, stdout) = start_long_generation("mlxlm");
     let python = python_child(child.id()).expect("the CLI has a Python child");
     assert!(Command::new("kill")
         .args(["-9", &python.to_string()])
@@ -339,7 +357,13 @@ fn killing_the_python_process_is_an_error_within_a_second() {
 
 #[test]
 fn ctrl_c_stops_cleanly_with_the_summary() {
-    let (mut child, stdout) = start_long_generation();
+    for backend in backends() {
+        ctrl_c_stops(backend);
+    }
+}
+
+fn ctrl_c_stops(backend: &str) {
+    let (mut child, stdout) = start_long_generation(backend);
     // as a terminal does: SIGINT to the whole foreground process group
     let group = format!("-{}", child.id());
     assert!(Command::new("kill")

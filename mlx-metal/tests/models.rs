@@ -3,41 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use mlx_metal::llm::config::Config;
 use mlx_metal::llm::models;
 use mlx_metal::{Array, Dtype};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    assert!(
-        dir.join("index.json").is_file(),
-        "no fixtures: run `cargo xtask fixtures`"
-    );
-    dir
-}
-
-fn fixture_models() -> Vec<PathBuf> {
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("index.json")).unwrap())
-            .unwrap();
-    let mut names: Vec<String> = index.as_object().unwrap().keys().cloned().collect();
-    names.sort();
-    names.into_iter().map(|n| fixtures().join(n)).collect()
-}
-
-fn reference(dir: &std::path::Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
+use common::{fixture_models, reference};
 
 fn ids(v: &Value) -> Vec<i32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap() as i32)
-        .collect()
+    common::ids(v).into_iter().map(|i| i as i32).collect()
 }
 
 #[test]

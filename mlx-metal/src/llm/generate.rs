@@ -206,7 +206,7 @@ impl<'a> Generation<'a> {
                 self.timing.generation_tps = self.timing.generated as f64 / secs;
             }
         }
-        if self.timing.generated % 256 == 0 {
+        if self.timing.generated.is_multiple_of(256) {
             clear_cache()?;
         }
         let text = self.detok.add(id)?;
