@@ -1,6 +1,7 @@
 //! `mlx-infer`: run local language models from the command line.
 
 mod backends;
+mod bench;
 mod generate;
 mod linked;
 mod model_path;
@@ -23,6 +24,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with a model using its own chat template.
     Chat(generate::ChatArgs),
+    /// Time prompt processing and generation (one JSON line per run).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -32,6 +35,7 @@ fn main() {
         Command::Backends => backends::run(&mut std::io::stdout()),
         Command::Generate(args) => generate::generate(args),
         Command::Chat(args) => generate::chat(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

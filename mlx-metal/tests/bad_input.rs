@@ -218,3 +218,37 @@ fn sharded_weights_load_through_the_index() {
         &dir.join("model-00002-of-00002.safetensors")
     );
 }
+
+#[test]
+fn half_precision_weights_keep_their_dtype() {
+    use inference::TextModel;
+    for (name, dtype) in [
+        ("bf16", mlx_metal::Dtype::Bfloat16),
+        ("f16", mlx_metal::Dtype::Float16),
+    ] {
+        let dir = copy_model(&fixtures().join("qwen3"), name);
+        rewrite(&dir, "qwen3", |t| {
+            for v in t.values_mut() {
+                *v = v.astype(dtype).unwrap();
+            }
+        });
+        let st = load_safetensors(dir.join("model.safetensors")).unwrap();
+        assert!(st.tensors.values().all(|a| a.dtype() == dtype));
+        let mut model = NativeModel::load(&dir).unwrap();
+        let ids = Array::from_slice(&[1i32, 2, 3], &[1, 3]).unwrap();
+        let mut caches = model.architecture().make_caches();
+        let logits = model.architecture().forward(&ids, &mut caches).unwrap();
+        assert_eq!(
+            logits.dtype(),
+            dtype,
+            "{name}: computed in the weights' dtype"
+        );
+        let n = model
+            .generate("abc", &inference::GenerateOptions::default().max_tokens(5))
+            .map(|t| t.map(|_| ()))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .len();
+        assert_eq!(n, 5);
+    }
+}

@@ -4,7 +4,9 @@
 //! - `cargo xtask fixtures`: reference models and mlx_lm's answers.
 //! - `cargo xtask test [ARGS]`: build-mlx, fixtures, then `cargo test --workspace`.
 //! - `cargo xtask demo`: build what is missing and stream a generation.
+//! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
 
+mod bench;
 mod build_mlx;
 mod fixtures;
 mod process;
@@ -31,6 +33,8 @@ enum Command {
         #[arg(long, default_value = "The quick brown fox")]
         prompt: String,
     },
+    /// Time mlx_lm and the native backend on the same model and print the ratios.
+    Bench(bench::Options),
     /// Build what is missing, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test`.
@@ -50,6 +54,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::BuildMlx(opts) => build_mlx::run(&opts),
         Command::Fixtures => fixtures::run().map(|_| ()),
+        Command::Bench(opts) => bench::run(&opts),
         Command::Demo { prompt } => {
             build_mlx::run(&build_mlx::Options::default())?;
             let dir = fixtures::run()?;

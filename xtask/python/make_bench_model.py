@@ -1,0 +1,66 @@
+"""A Qwen3-0.6B-shaped bf16 model with random weights, for benchmarks.
+
+28 layers, hidden 1024, 16 query / 8 key-value heads of 128, MLP 3072,
+vocabulary 151936, tied embeddings: the shapes of Qwen3-0.6B. The tokenizer
+is the qwen3 fixture's (its ids are a subset of the vocabulary).
+
+Usage: python make_bench_model.py FIXTURE_TOKENIZER_DIR OUT_DIR
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models import qwen3
+from mlx_lm.utils import save_config, save_model
+
+CONFIG = {
+    "model_type": "qwen3",
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "intermediate_size": 3072,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "rms_norm_eps": 1e-6,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
+
+
+def main():
+    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    config = dict(CONFIG)
+    config["eos_token_id"] = [151645]
+    model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
+    mx.random.seed(0)
+    params = []
+    for name, p in tree_flatten(model.parameters()):
+        scale = 0.02
+        value = mx.random.normal(p.shape) * scale
+        if "norm" in name:
+            value = value + 1.0
+        params.append((name, value.astype(mx.bfloat16)))
+    model.update(tree_unflatten(params))
+    mx.eval(model.parameters())
+    save_model(tmp, model)
+    (tmp / "model.safetensors.index.json").unlink(missing_ok=True)
+    save_config(config, tmp / "config.json")
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(src / f, tmp / f)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+if __name__ == "__main__":
+    main()
