@@ -1,11 +1,9 @@
 //! [`Array`]: an owned MLX array, and moving data in and out of it.
 
-use std::ffi::CStr;
-
 use mlx_metal_sys as sys;
 
 use crate::device::with_default_stream;
-use crate::status::{call, init};
+use crate::status::{call, init, read_string};
 use crate::{Dtype, Error, Result};
 
 /// A Rust element type that can be copied into and out of an [`Array`].
@@ -278,18 +276,9 @@ impl Drop for Array {
 
 impl std::fmt::Debug for Array {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // SAFETY: a fresh string handle, freed below.
-        let mut s = unsafe { sys::mlx_string_new() };
-        // SAFETY: `raw` and `s` are valid handles; printing evaluates the array.
-        let text = match call(|| unsafe { sys::mlx_array_tostring(&mut s, self.raw) }) {
-            // SAFETY: `s` holds a NUL-terminated string owned by the handle.
-            Ok(()) => unsafe { CStr::from_ptr(sys::mlx_string_data(s)) }
-                .to_string_lossy()
-                .into_owned(),
-            Err(e) => format!("<array {:?} {}: {e}>", self.shape(), self.dtype()),
-        };
-        // SAFETY: `s` was created above and is freed once.
-        unsafe { sys::mlx_string_free(s) };
+        // SAFETY: `raw` is a valid handle; printing evaluates the array.
+        let text = read_string(|s| unsafe { sys::mlx_array_tostring(s, self.raw) })
+            .unwrap_or_else(|e| format!("<array {:?} {}: {e}>", self.shape(), self.dtype()));
         f.write_str(&text)
     }
 }

@@ -1,12 +1,11 @@
 //! Devices and streams.
 
 use std::cell::RefCell;
-use std::ffi::CStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlx_metal_sys as sys;
 
-use crate::status::{call, init};
+use crate::status::{call, init, read_string};
 use crate::Result;
 
 /// Kind of compute device.
@@ -97,18 +96,9 @@ impl Device {
 
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // SAFETY: a fresh string handle, freed below.
-        let mut s = unsafe { sys::mlx_string_new() };
-        // SAFETY: `self.raw` and `s` are valid handles.
-        let text = match call(|| unsafe { sys::mlx_device_tostring(&mut s, self.raw) }) {
-            // SAFETY: `s` holds a NUL-terminated string owned by the handle.
-            Ok(()) => unsafe { CStr::from_ptr(sys::mlx_string_data(s)) }
-                .to_string_lossy()
-                .into_owned(),
-            Err(_) => "Device(?)".to_string(),
-        };
-        // SAFETY: `s` was created above and is freed once.
-        unsafe { sys::mlx_string_free(s) };
+        // SAFETY: `self.raw` is a valid handle.
+        let text = read_string(|s| unsafe { sys::mlx_device_tostring(s, self.raw) })
+            .unwrap_or_else(|_| "Device(?)".to_string());
         f.write_str(&text)
     }
 }

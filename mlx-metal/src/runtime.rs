@@ -1,28 +1,14 @@
 //! What MLX build this is and which devices it can use.
 
-use std::ffi::CStr;
-
 use mlx_metal_sys as sys;
 
-use crate::status::{call, init};
+use crate::status::{call, init, read_string};
 use crate::{Device, DeviceType};
 
 /// The MLX version this program runs against (e.g. `0.32.2`).
 pub fn mlx_version() -> String {
-    init();
-    // SAFETY: a fresh string handle, freed below.
-    let mut s = unsafe { sys::mlx_string_new() };
-    // SAFETY: `s` is a valid out-parameter.
-    let version = match call(|| unsafe { sys::mlx_version(&mut s) }) {
-        // SAFETY: `s` holds a NUL-terminated string owned by the handle.
-        Ok(()) => unsafe { CStr::from_ptr(sys::mlx_string_data(s)) }
-            .to_string_lossy()
-            .into_owned(),
-        Err(_) => "unknown".into(),
-    };
-    // SAFETY: created above, freed once.
-    unsafe { sys::mlx_string_free(s) };
-    version
+    // SAFETY: the out-parameter is a live string handle.
+    read_string(|s| unsafe { sys::mlx_version(s) }).unwrap_or_else(|_| "unknown".into())
 }
 
 /// True only on macOS on Apple silicon with a Metal device that MLX can use.

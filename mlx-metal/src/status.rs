@@ -72,3 +72,20 @@ pub(crate) fn call(f: impl FnOnce() -> i32) -> Result<()> {
     init();
     check(f())
 }
+
+/// Runs an mlx-c call that writes an `mlx_string` and returns its text.
+pub(crate) fn read_string(f: impl FnOnce(*mut sys::mlx_string) -> i32) -> Result<String> {
+    init();
+    // SAFETY: a fresh string handle, freed below.
+    let mut s = unsafe { sys::mlx_string_new() };
+    let text = call(|| f(&mut s)).map(|()| {
+        // SAFETY: after a successful call `s` holds a NUL-terminated string
+        // owned by the handle, copied out before the handle is freed.
+        unsafe { CStr::from_ptr(sys::mlx_string_data(s)) }
+            .to_string_lossy()
+            .into_owned()
+    });
+    // SAFETY: created above, freed exactly once.
+    unsafe { sys::mlx_string_free(s) };
+    text
+}

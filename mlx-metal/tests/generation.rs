@@ -4,24 +4,11 @@
 mod common;
 
 use common::{fixture_models, fixtures, ids, reference};
-use inference::{
-    CancellationToken, GenerateOptions, LoadOptions, Message, Role, StopReason, TextModel,
-};
+use inference::{CancellationToken, GenerateOptions, LoadOptions, Message, StopReason, TextModel};
 use mlx_metal::llm::NativeModel;
 
 fn messages(v: &serde_json::Value) -> Vec<Message> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
-                "system" => Role::System,
-                "user" => Role::User,
-                _ => Role::Assistant,
-            };
-            Message::new(role, m["content"].as_str().unwrap())
-        })
-        .collect()
+    serde_json::from_value(v.clone()).expect("messages as {role, content}")
 }
 
 #[test]

@@ -2,21 +2,10 @@
 
 mod common;
 
-use inference::{GenerateOptions, LoadOptions, Message, Role, StopReason};
+use inference::{GenerateOptions, LoadOptions, Message, StopReason};
 
 fn messages(v: &serde_json::Value) -> Vec<Message> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
-                "system" => Role::System,
-                "user" => Role::User,
-                _ => Role::Assistant,
-            };
-            Message::new(role, m["content"].as_str().unwrap())
-        })
-        .collect()
+    serde_json::from_value(v.clone()).expect("messages as {role, content}")
 }
 
 #[test]

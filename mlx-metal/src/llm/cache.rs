@@ -97,26 +97,18 @@ impl KvCache {
 
     /// The arrays to evaluate to materialise the cache.
     pub fn state(&self) -> Vec<&Array> {
-        let (k, v) = match self {
-            KvCache::Standard(c) => (&c.keys, &c.values),
-            KvCache::Rotating(c) => (&c.keys, &c.values),
+        let kv = match self {
+            KvCache::Standard(c) => &c.kv,
+            KvCache::Rotating(c) => &c.kv,
         };
-        k.iter().chain(v.iter()).collect()
+        kv.iter().flat_map(|(k, v)| [k, v]).collect()
     }
 }
 
-/// Grows in steps of 256 positions; reads are a slice of the buffer.
-#[derive(Debug, Default)]
-pub struct StandardCache {
-    keys: Option<Array>,
-    values: Option<Array>,
-    offset: i32,
-}
+/// Keys and values, `[B, heads, positions, dim]` each.
+type Kv = (Array, Array);
 
-fn upto(a: &Array, n: i32) -> Result<Array> {
-    a.slice_axis(2, 0, n)
-}
-
+/// `buffer[..., at:at + n, :] = update`.
 fn write(buffer: &Array, update: &Array, at: i32) -> Result<Array> {
     let mut start = vec![0; 4];
     let mut stop = buffer.shape();
@@ -125,44 +117,75 @@ fn write(buffer: &Array, update: &Array, at: i32) -> Result<Array> {
     buffer.slice_update(update, &start, &stop, &[1, 1, 1, 1])
 }
 
+/// Positions `from..to` of both.
+fn positions((k, v): &Kv, from: i32, to: i32) -> Result<Kv> {
+    Ok((k.slice_axis(2, from, to)?, v.slice_axis(2, from, to)?))
+}
+
+/// Both joined along the positions.
+fn join(a: &Kv, b: &Kv) -> Result<Kv> {
+    Ok((
+        Array::concatenate(&[&a.0, &b.0], 2)?,
+        Array::concatenate(&[&a.1, &b.1], 2)?,
+    ))
+}
+
+/// `size` empty positions shaped like `keys`/`values`, appended to `kv`.
+fn grow(kv: Option<Kv>, keys: &Array, values: &Array, size: i32) -> Result<Kv> {
+    let (ks, vs) = (keys.shape(), values.shape());
+    let empty = (
+        Array::zeros(&[ks[0], ks[1], size, ks[3]], keys.dtype())?,
+        Array::zeros(&[vs[0], vs[1], size, vs[3]], values.dtype())?,
+    );
+    match kv {
+        Some(kv) => join(&kv, &empty),
+        None => Ok(empty),
+    }
+}
+
+/// Writes `keys`/`values` at `at`; returns the new buffer and the first
+/// `visible` positions of it (what attention reads).
+fn store(kv: &Kv, keys: &Array, values: &Array, at: i32, visible: i32) -> Result<(Kv, Kv)> {
+    let kv = (write(&kv.0, keys, at)?, write(&kv.1, values, at)?);
+    let out = if visible < kv.0.dim(2)? {
+        positions(&kv, 0, visible)?
+    } else {
+        kv.clone()
+    };
+    Ok((kv, out))
+}
+
+/// Grows in steps of 256 positions; reads are a slice of the buffer.
+#[derive(Debug, Default)]
+pub struct StandardCache {
+    kv: Option<Kv>,
+    offset: i32,
+}
+
 impl StandardCache {
-    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
         let prev = self.offset;
         let s = keys.dim(2)?;
-        let capacity = match &self.keys {
-            Some(k) => k.dim(2)?,
+        let capacity = match &self.kv {
+            Some((k, _)) => k.dim(2)?,
             None => 0,
         };
-        if self.keys.is_none() || prev + s > capacity {
-            let (ks, vs) = (keys.shape(), values.shape());
-            let n_steps = (STEP + s - 1) / STEP;
-            let new_k = Array::zeros(&[ks[0], ks[1], n_steps * STEP, ks[3]], keys.dtype())?;
-            let new_v = Array::zeros(&[vs[0], vs[1], n_steps * STEP, vs[3]], values.dtype())?;
-            match (self.keys.take(), self.values.take()) {
-                (Some(mut k), Some(mut v)) => {
-                    if prev % STEP != 0 {
-                        k = upto(&k, prev)?;
-                        v = upto(&v, prev)?;
-                    }
-                    self.keys = Some(Array::concatenate(&[&k, &new_k], 2)?);
-                    self.values = Some(Array::concatenate(&[&v, &new_v], 2)?);
-                }
-                _ => {
-                    self.keys = Some(new_k);
-                    self.values = Some(new_v);
-                }
+        if self.kv.is_none() || prev + s > capacity {
+            let mut kv = self.kv.take();
+            if prev % STEP != 0 {
+                kv = kv.map(|kv| positions(&kv, 0, prev)).transpose()?;
             }
+            self.kv = Some(grow(kv, keys, values, STEP * ((STEP + s - 1) / STEP))?);
         }
         self.offset += s;
-        let k = write(self.keys.as_ref().expect("allocated above"), keys, prev)?;
-        let v = write(self.values.as_ref().expect("allocated above"), values, prev)?;
-        let out = if self.offset < k.dim(2)? {
-            (upto(&k, self.offset)?, upto(&v, self.offset)?)
-        } else {
-            (k.clone(), v.clone())
-        };
-        self.keys = Some(k);
-        self.values = Some(v);
+        let (kv, out) = store(
+            self.kv.as_ref().expect("allocated above"),
+            keys,
+            values,
+            prev,
+            self.offset,
+        )?;
+        self.kv = Some(kv);
         Ok(out)
     }
 }
@@ -172,8 +195,7 @@ impl StandardCache {
 /// query sees a full window).
 #[derive(Debug, Default)]
 pub struct RotatingCache {
-    keys: Option<Array>,
-    values: Option<Array>,
+    kv: Option<Kv>,
     offset: i32,
     max_size: i32,
     idx: i32,
@@ -181,102 +203,76 @@ pub struct RotatingCache {
 
 impl RotatingCache {
     /// Rearranges the buffer into temporal order, dropping unused slots.
-    fn temporal_order(&self, v: &Array) -> Result<Array> {
-        let len = v.dim(2)?;
+    fn temporal_order(&self, kv: Kv) -> Result<Kv> {
+        let len = kv.0.dim(2)?;
         if self.idx == len {
-            Ok(v.clone())
+            Ok(kv)
         } else if self.idx < self.offset {
-            let tail = v.slice_axis(2, self.idx, len)?;
-            let head = v.slice_axis(2, 0, self.idx)?;
-            Array::concatenate(&[&tail, &head], 2)
+            join(
+                &positions(&kv, self.idx, len)?,
+                &positions(&kv, 0, self.idx)?,
+            )
         } else {
-            v.slice_axis(2, 0, self.idx)
+            positions(&kv, 0, self.idx)
         }
     }
 
-    fn trim(trim: i32, v: &Array, append: Option<&Array>) -> Result<Array> {
-        let kept = if trim > 0 {
-            v.slice_axis(2, trim, v.dim(2)?)?
+    /// Drops the oldest `n` positions.
+    fn trim(n: i32, kv: Kv) -> Result<Kv> {
+        if n > 0 {
+            let len = kv.0.dim(2)?;
+            positions(&kv, n, len)
         } else {
-            v.clone()
+            Ok(kv)
+        }
+    }
+
+    fn update_concat(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
+        let new = (keys.clone(), values.clone());
+        let kv = match self.kv.take() {
+            Some(kv) => {
+                let kv = self.temporal_order(kv)?;
+                self.idx = kv.0.dim(2)?;
+                join(&Self::trim(self.idx - self.max_size + 1, kv)?, &new)?
+            }
+            None => new,
         };
-        match append {
-            Some(a) => Array::concatenate(&[&kept, a], 2),
-            None => Ok(kept),
-        }
-    }
-
-    fn update_concat(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        match (self.keys.take(), self.values.take()) {
-            (Some(k), Some(v)) => {
-                let k = self.temporal_order(&k)?;
-                let v = self.temporal_order(&v)?;
-                self.idx = k.dim(2)?;
-                let trim = self.idx - self.max_size + 1;
-                self.keys = Some(Self::trim(trim, &k, Some(keys))?);
-                self.values = Some(Self::trim(trim, &v, Some(values))?);
-            }
-            _ => {
-                self.keys = Some(keys.clone());
-                self.values = Some(values.clone());
-            }
-        }
         self.offset += keys.dim(2)?;
-        let k = self.keys.clone().expect("set above");
-        self.idx = k.dim(2)?;
-        Ok((k, self.values.clone().expect("set above")))
+        self.idx = kv.0.dim(2)?;
+        self.kv = Some(kv.clone());
+        Ok(kv)
     }
 
-    fn update_in_place(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        let (ks, vs) = (keys.shape(), values.shape());
-        let s = ks[2];
+    fn update_in_place(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
+        let s = keys.dim(2)?;
         let prev = self.offset;
-        let capacity = match &self.keys {
-            Some(k) => k.dim(2)?,
+        let capacity = match &self.kv {
+            Some((k, _)) => k.dim(2)?,
             None => 0,
         };
-        if self.keys.is_none() || (prev >= capacity && capacity < self.max_size) {
-            let new_size = STEP.min(self.max_size - prev);
-            let new_k = Array::zeros(&[ks[0], ks[1], new_size, ks[3]], keys.dtype())?;
-            let new_v = Array::zeros(&[vs[0], vs[1], new_size, vs[3]], values.dtype())?;
-            match (self.keys.take(), self.values.take()) {
-                (Some(k), Some(v)) => {
-                    self.keys = Some(Array::concatenate(&[&k, &new_k], 2)?);
-                    self.values = Some(Array::concatenate(&[&v, &new_v], 2)?);
-                }
-                _ => {
-                    self.keys = Some(new_k);
-                    self.values = Some(new_v);
-                }
-            }
+        if self.kv.is_none() || (prev >= capacity && capacity < self.max_size) {
+            let size = STEP.min(self.max_size - prev);
+            self.kv = Some(grow(self.kv.take(), keys, values, size)?);
             self.idx = prev;
         }
-        let mut k = self.keys.take().expect("allocated above");
-        let mut v = self.values.take().expect("allocated above");
-        let trim = k.dim(2)? - self.max_size;
-        if trim > 0 {
-            k = Self::trim(trim, &k, None)?;
-            v = Self::trim(trim, &v, None)?;
+        let mut kv = self.kv.take().expect("allocated above");
+        let excess = kv.0.dim(2)? - self.max_size;
+        if excess > 0 {
+            kv = Self::trim(excess, kv)?;
             self.idx = self.max_size;
         }
         if self.idx == self.max_size {
             self.idx = 0;
         }
-        k = write(&k, keys, self.idx)?;
-        v = write(&v, values, self.idx)?;
+        let at = self.idx;
         self.offset += s;
         self.idx += s;
-        let out = if self.offset < k.dim(2)? {
-            (upto(&k, self.offset)?, upto(&v, self.offset)?)
-        } else {
-            (k.clone(), v.clone())
-        };
-        self.keys = Some(k);
-        self.values = Some(v);
+        let (kv, out) = store(&kv, keys, values, at, self.offset)?;
+        self.kv = Some(kv);
         Ok(out)
     }
 
-    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
         if keys.dim(2)? == 1 {
             self.update_in_place(keys, values)
         } else {

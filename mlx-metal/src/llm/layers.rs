@@ -276,9 +276,10 @@ impl Decoder {
             lm_head,
         })
     }
+}
 
-    /// Logits for `tokens` (`[B, L]`).
-    pub fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+impl crate::llm::models::Architecture for Decoder {
+    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let mut h = self.embed.forward(tokens)?;
         let mask = caches[0].make_mask(tokens.dim(1)?, None)?;
         for (b, cache) in self.blocks.iter().zip(caches.iter_mut()) {
@@ -292,13 +293,11 @@ impl Decoder {
         }
     }
 
-    /// One standard cache per block.
-    pub fn make_caches(&self) -> Vec<KvCache> {
+    fn make_caches(&self) -> Vec<KvCache> {
         self.blocks.iter().map(|_| KvCache::standard()).collect()
     }
 
-    /// Number of blocks.
-    pub fn num_layers(&self) -> usize {
+    fn num_layers(&self) -> usize {
         self.blocks.len()
     }
 }

@@ -32,8 +32,8 @@ pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn A
     let strip = (config.model_type == "gemma3_text").then_some("language_model.");
     let mut weights = Weights::load(dir, config, strip)?;
     let model: Box<dyn Architecture> = match config.model_type.as_str() {
-        "llama" => Box::new(llama::Llama::load(config, &mut weights)?),
-        "qwen3" => Box::new(qwen3::Qwen3::load(config, &mut weights)?),
+        "llama" => Box::new(llama::load(config, &mut weights)?),
+        "qwen3" => Box::new(qwen3::load(config, &mut weights)?),
         "gemma3_text" => Box::new(gemma3_text::Gemma3Text::load(config, &mut weights)?),
         other => {
             return Err(Error::UnsupportedModel {
