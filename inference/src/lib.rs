@@ -18,6 +18,8 @@
 //! # Ok::<(), inference::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod backend;
 pub mod discover;
 mod error;

@@ -20,6 +20,8 @@
 //! backend registers as `mlx`; on macOS with Apple silicon it registers as
 //! `metal`. Only the device choice and the Metal-only calls differ.
 
+#![warn(missing_docs)]
+
 mod array;
 mod backend;
 mod closure;

@@ -19,6 +19,8 @@
 //! [`Error`] carrying the last lines of its stderr; dropping the model ends
 //! the process and reaps it.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod bridge;
 mod error;

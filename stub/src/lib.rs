@@ -9,6 +9,8 @@
 //! assert!(stub::active_memory().is_err());
 //! ```
 
+#![warn(missing_docs)]
+
 /// Why every memory call fails in a build without MLX.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

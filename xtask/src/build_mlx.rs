@@ -481,3 +481,48 @@ fn build_mlx_c(src: &Path, mlx_cmake_dir: &Path, mlx_lib: &Path, prefix: &Path) 
     inst.arg("--install").arg(&build);
     run_logged(inst, "install mlx-c", &prefix.join("cmake-install.log"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_prerequisites_name_their_install_commands() {
+        let empty = std::env::temp_dir().join(format!("xtask-empty-path-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        // This test binary has no other test that reads these variables.
+        std::env::set_var("PATH", &empty);
+        std::env::set_var("PYTHON", empty.join("python3"));
+        std::env::set_var("CXX", empty.join("c++"));
+        let err = check_prerequisites(&MlxSource::Wheel("mlx-cpu"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("missing prerequisites:"), "{err}");
+        assert!(
+            err.contains("python3 with pip (install: apt-get install python3 python3-pip)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("cmake (install: apt-get install cmake)"),
+            "{err}"
+        );
+        assert!(err.contains("a C++ compiler"), "{err}");
+        // an existing MLX install needs no pip
+        let err = check_prerequisites(&MlxSource::Existing(empty.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pip"), "{err}");
+    }
+
+    #[test]
+    fn cache_keys_change_with_what_is_built() {
+        let cpu = build_key(&MlxSource::Wheel("mlx-cpu"));
+        let cuda = build_key(&MlxSource::Wheel("mlx-cuda-13"));
+        assert_ne!(cpu, cuda);
+        assert!(
+            cpu.contains(MLX_VERSION) && cpu.contains(MLX_C_VERSION),
+            "{cpu}"
+        );
+        assert_eq!(cpu, build_key(&MlxSource::Wheel("mlx-cpu")), "stable");
+    }
+}
