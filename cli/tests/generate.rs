@@ -109,79 +109,61 @@ fn backends() -> [&'static str; 2] {
     [native, "mlxlm"]
 }
 
-#[test]
-fn generate_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
-    for (dir, backend) in models()
-        .into_iter()
-        .flat_map(|d| backends().map(|b| (d.clone(), b)))
-    {
+/// Runs `mlx-infer <command> --json` greedily on every fixture with every
+/// backend and checks the ids and the summary against mlx_lm's record of
+/// `part`; `input` adds the prompt or messages.
+fn check_every_fixture(command: &str, part: &str, input: impl Fn(&Value) -> Vec<String>) {
+    for dir in models() {
         let r = reference(&dir);
         let max = r["max_tokens"].to_string();
-        let (code, lines, stderr) = run_json(
-            cli()
-                .args([
-                    "generate",
-                    "--backend",
-                    backend,
-                    "--temperature",
-                    "0",
-                    "--json",
-                    "--max-tokens",
-                    &max,
-                ])
-                .arg("--model")
-                .arg(&dir)
-                .args(["--prompt", r["raw"]["prompt"].as_str().unwrap()]),
-            None,
-        );
-        assert_eq!(code, 0, "{stderr}");
-        assert_eq!(
-            token_ids(&lines),
-            expected(&r["raw"]["greedy_ids"]),
-            "{}",
-            dir.display()
-        );
-        check_done(&lines, &r, "raw");
+        for backend in backends() {
+            let (code, lines, stderr) = run_json(
+                cli()
+                    .args([
+                        command,
+                        "--backend",
+                        backend,
+                        "--temperature",
+                        "0",
+                        "--json",
+                    ])
+                    .args(["--max-tokens", &max])
+                    .arg("--model")
+                    .arg(&dir)
+                    .args(input(&r)),
+                None,
+            );
+            assert_eq!(code, 0, "{stderr}");
+            let want = expected(&r[part]["greedy_ids"]);
+            assert_eq!(token_ids(&lines), want, "{} {backend}", dir.display());
+            check_done(&lines, &r, part);
+        }
     }
 }
 
 #[test]
+fn generate_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
+    check_every_fixture("generate", "raw", |r| {
+        vec![
+            "--prompt".into(),
+            r["raw"]["prompt"].as_str().unwrap().into(),
+        ]
+    });
+}
+
+#[test]
 fn chat_json_gives_mlx_lm_greedy_ids_on_every_fixture() {
-    for (dir, backend) in models()
-        .into_iter()
-        .flat_map(|d| backends().map(|b| (d.clone(), b)))
-    {
-        let r = reference(&dir);
+    check_every_fixture("chat", "chat", |r| {
         let msgs = r["chat"]["messages"].as_array().unwrap();
         assert_eq!(msgs[0]["role"], "system");
-        let max = r["max_tokens"].to_string();
-        let (code, lines, stderr) = run_json(
-            cli()
-                .args([
-                    "chat",
-                    "--backend",
-                    backend,
-                    "--temperature",
-                    "0",
-                    "--json",
-                    "--max-tokens",
-                    &max,
-                ])
-                .arg("--model")
-                .arg(&dir)
-                .args(["--system", msgs[0]["content"].as_str().unwrap()])
-                .args(["--message", msgs[1]["content"].as_str().unwrap()]),
-            None,
-        );
-        assert_eq!(code, 0, "{stderr}");
-        assert_eq!(
-            token_ids(&lines),
-            expected(&r["chat"]["greedy_ids"]),
-            "{}",
-            dir.display()
-        );
-        check_done(&lines, &r, "chat");
-    }
+        assert_eq!(msgs[1]["role"], "user");
+        vec![
+            "--system".into(),
+            msgs[0]["content"].as_str().unwrap().into(),
+            "--message".into(),
+            msgs[1]["content"].as_str().unwrap().into(),
+        ]
+    });
 }
 
 #[test]
