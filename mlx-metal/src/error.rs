@@ -19,7 +19,10 @@ pub enum Error {
     #[error("closure failed: {0}")]
     Closure(String),
     /// The model's architecture is not one this crate runs.
-    #[error("{path}: model_type `{model_type}` is not supported natively (supported: llama, qwen3, gemma3_text, gemma3)")]
+    #[error(
+        "{path}: model_type `{model_type}` is not supported natively (supported: {})",
+        crate::llm::models::SUPPORTED.join(", ")
+    )]
     UnsupportedModel {
         /// The config.json naming it.
         path: PathBuf,

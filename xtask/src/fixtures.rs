@@ -72,7 +72,7 @@ pub fn run() -> Result<PathBuf> {
     let key = format!("{}\n{}", requirements().join(" "), short_hash(SCRIPT));
     let stamp = out.join("stamp.txt");
     if fs::read_to_string(&stamp).ok() == Some(key.clone()) && out.join("index.json").is_file() {
-        link_python(&out, &python)?;
+        write_python_wrapper(&out, &python)?;
         println!("fixtures are up to date in {}", out.display());
         return Ok(out);
     }
@@ -93,14 +93,14 @@ pub fn run() -> Result<PathBuf> {
     }
     fs::rename(&tmp, &out)?;
     fs::write(&stamp, key)?;
-    link_python(&out, &python)?;
+    write_python_wrapper(&out, &python)?;
     println!("fixtures written to {}", out.display());
     Ok(out)
 }
 
 /// Writes `fixtures/python`, a wrapper that runs the environment's
 /// interpreter (a plain symlink would not activate the environment).
-fn link_python(out: &Path, python: &Path) -> Result<()> {
+fn write_python_wrapper(out: &Path, python: &Path) -> Result<()> {
     let wrapper = out.join("python");
     let text = format!("#!/bin/sh\nexec \"{}\" \"$@\"\n", python.display());
     if fs::read_to_string(&wrapper).ok().as_deref() == Some(text.as_str()) {

@@ -1,6 +1,6 @@
 //! Rotary position embeddings, with the scalings the supported models use.
 
-use crate::{fast, Array, Dtype, Error, Result};
+use crate::{fast, Array, Error, Result};
 
 /// RoPE over the first `dims` features of each head.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ impl Rope {
                     traditional,
                     base: None,
                     scale: 1.0,
-                    freqs: Some(Array::from_vec(&freqs)?.astype(Dtype::Float32)?),
+                    freqs: Some(Array::from_vec(&freqs)?),
                 })
             }
             other => Err(Error::InvalidArgument(format!(
