@@ -26,6 +26,12 @@ impl Backend for MlxBackend {
         BackendStatus::available(mlx_version(), device_description())
     }
 
+    /// A model directory with a config.json, or a GGUF file.
+    fn accepts(&self, path: &Path) -> bool {
+        path.join("config.json").is_file()
+            || (inference::gguf::is_gguf(path) && crate::llm::gguf::inspect(path).is_ok())
+    }
+
     fn load(&self, dir: &Path, _opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
         Ok(Box::new(NativeModel::load(dir)?))
     }

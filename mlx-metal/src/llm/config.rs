@@ -91,8 +91,18 @@ impl Config {
                 e.to_string()
             })
         })?;
-        let mut value: Value =
+        let value: Value =
             serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        Ok((Config::from_value(value, &path)?, path))
+    }
+
+    /// A config from its JSON form (as config.json holds it, or as built
+    /// from a GGUF file's metadata); `path` names the source in errors.
+    pub fn from_value(mut value: Value, path: &Path) -> Result<Config> {
+        let err = |message: String| Error::File {
+            path: path.to_path_buf(),
+            message,
+        };
         if value.get("model_type").and_then(Value::as_str) == Some("gemma3") {
             let mut text_cfg = value
                 .get("text_config")
@@ -122,7 +132,7 @@ impl Config {
                 config.rope_scaling = Some(params);
             }
         }
-        Ok((config, path))
+        Ok(config)
     }
 
     /// The model-wide quantisation, if any.

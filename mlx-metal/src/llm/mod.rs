@@ -7,6 +7,7 @@ pub mod chat_template;
 pub mod config;
 mod fused;
 pub mod generate;
+pub mod gguf;
 pub mod layers;
 mod model;
 pub mod models;

@@ -140,6 +140,24 @@ impl Weights {
         })
     }
 
+    /// Weights already in memory (from a GGUF file, say), under their
+    /// Hugging Face names; `file` names their source in errors.
+    pub fn from_tensors(
+        file: &Path,
+        tensors: HashMap<String, Array>,
+        config: &Config,
+    ) -> Result<Weights> {
+        Ok(Weights {
+            dir: file.to_path_buf(),
+            quant: config.quant()?,
+            tensors: tensors
+                .into_iter()
+                .map(|(name, array)| (name, (array, file.to_path_buf())))
+                .collect(),
+            config: config.clone(),
+        })
+    }
+
     /// Whether a tensor exists.
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

@@ -31,10 +31,20 @@ pub const SUPPORTED: &[&str] = &["llama", "qwen3", "gemma3_text", "gemma3"];
 pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn Architecture>> {
     let strip = (config.model_type == "gemma3_text").then_some("language_model.");
     let mut weights = Weights::load(dir, config, strip)?;
+    build(config, config_path, &mut weights)
+}
+
+/// Builds the architecture named by `config.model_type` from `weights`;
+/// `config_path` names the config in errors.
+pub fn build(
+    config: &Config,
+    config_path: &Path,
+    weights: &mut Weights,
+) -> Result<Box<dyn Architecture>> {
     let model: Box<dyn Architecture> = match config.model_type.as_str() {
-        "llama" => Box::new(llama::load(config, &mut weights)?),
-        "qwen3" => Box::new(qwen3::load(config, &mut weights)?),
-        "gemma3_text" => Box::new(gemma3_text::Gemma3Text::load(config, &mut weights)?),
+        "llama" => Box::new(llama::load(config, weights)?),
+        "qwen3" => Box::new(qwen3::load(config, weights)?),
+        "gemma3_text" => Box::new(gemma3_text::Gemma3Text::load(config, weights)?),
         other => {
             return Err(Error::UnsupportedModel {
                 path: config_path.to_path_buf(),
