@@ -163,6 +163,14 @@ const TYPES: &[(u32, &str, u64, u64)] = &[
 ];
 
 impl TensorType {
+    /// The type llama.cpp calls `name` (`F32`, `Q4_1`, ...), if known.
+    pub fn named(name: &str) -> Option<TensorType> {
+        TYPES
+            .iter()
+            .find(|t| t.1 == name)
+            .and_then(|t| TensorType::from_id(t.0))
+    }
+
     /// The type with numeric id `id`, if known.
     pub fn from_id(id: u32) -> Option<TensorType> {
         TYPES
@@ -569,5 +577,148 @@ fn parse<R: Read>(r: &mut Reader<R>, path: &Path) -> std::result::Result<Gguf, F
         metadata,
         tensors,
         data_offset,
+    })
+}
+
+/// A tensor for [`write`]: its data, little-endian, in a GGML type.
+#[derive(Debug, Clone)]
+pub struct TensorData {
+    /// The tensor's name.
+    pub name: String,
+    /// Row-major shape (outermost first).
+    pub shape: Vec<u64>,
+    /// Element type (`F32`, `F16`, ... or a block format).
+    pub kind: TensorType,
+    /// The bytes, `elements / block * bytes` of them.
+    pub data: Vec<u8>,
+}
+
+impl Value {
+    fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+        match self {
+            Value::U8(v) => out.extend(v.to_le_bytes()),
+            Value::I8(v) => out.extend(v.to_le_bytes()),
+            Value::U16(v) => out.extend(v.to_le_bytes()),
+            Value::I16(v) => out.extend(v.to_le_bytes()),
+            Value::U32(v) => out.extend(v.to_le_bytes()),
+            Value::I32(v) => out.extend(v.to_le_bytes()),
+            Value::F32(v) => out.extend(v.to_le_bytes()),
+            Value::Bool(v) => out.push(u8::from(*v)),
+            Value::String(s) => {
+                out.extend((s.len() as u64).to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            Value::Array(items) => {
+                let t = items.first().map_or(4, Value::type_id);
+                if t == 9 || items.iter().any(|v| v.type_id() != t) {
+                    return Err("arrays must hold scalars or strings of one type".into());
+                }
+                out.extend(t.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                for v in items {
+                    v.encode(out)?;
+                }
+            }
+            Value::U64(v) => out.extend(v.to_le_bytes()),
+            Value::I64(v) => out.extend(v.to_le_bytes()),
+            Value::F64(v) => out.extend(v.to_le_bytes()),
+        }
+        Ok(())
+    }
+}
+
+/// Writes a GGUF (version 3) file: `metadata`, then `tensors` in order,
+/// each aligned to [`DEFAULT_ALIGNMENT`] bytes.
+///
+/// ```no_run
+/// use std::collections::BTreeMap;
+/// use inference::gguf::{write, TensorData, TensorType, Value};
+///
+/// let metadata = BTreeMap::from([("general.architecture".to_string(), Value::String("llama".into()))]);
+/// let norm = TensorData {
+///     name: "output_norm.weight".into(),
+///     shape: vec![4],
+///     kind: TensorType::named("F32").unwrap(),
+///     data: [1.0f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect(),
+/// };
+/// write("tiny.gguf", &metadata, &[norm])?;
+/// # Ok::<(), inference::Error>(())
+/// ```
+pub fn write(
+    path: impl AsRef<Path>,
+    metadata: &BTreeMap<String, Value>,
+    tensors: &[TensorData],
+) -> Result<()> {
+    let path = path.as_ref();
+    let fail = |m: String| Error::invalid_model(path, m);
+    let mut out = MAGIC.to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        Value::String(key.clone()).encode(&mut out).map_err(&fail)?;
+        out.extend(value.type_id().to_le_bytes());
+        value
+            .encode(&mut out)
+            .map_err(|m| fail(format!("`{key}`: {m}")))?;
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        let info = TensorInfo {
+            name: t.name.clone(),
+            dims: t.shape.iter().rev().copied().collect(),
+            kind: t.kind,
+            offset,
+        };
+        if info.dims.first().is_none_or(|d| d % t.kind.block != 0)
+            || info.nbytes() != t.data.len() as u64
+        {
+            return Err(fail(format!(
+                "tensor `{}`: {} bytes do not hold shape {:?} of {}",
+                t.name,
+                t.data.len(),
+                t.shape,
+                t.kind.name
+            )));
+        }
+        Value::String(t.name.clone())
+            .encode(&mut out)
+            .map_err(&fail)?;
+        out.extend((info.dims.len() as u32).to_le_bytes());
+        for d in &info.dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(t.kind.id.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset = (offset + info.nbytes()).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+    }
+    for t in tensors {
+        out.resize(
+            out.len().div_ceil(DEFAULT_ALIGNMENT as usize) * DEFAULT_ALIGNMENT as usize,
+            0,
+        );
+        out.extend(&t.data);
+    }
+    std::fs::write(path, out).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
     })
 }

@@ -320,3 +320,61 @@ proptest! {
         let _ = read(&b);
     }
 }
+
+#[test]
+fn write_then_read_round_trips() {
+    use inference::gguf::{write, TensorData, TensorType};
+    use std::collections::BTreeMap;
+    let path = std::env::temp_dir().join(format!("inference-write-{}.gguf", std::process::id()));
+    let metadata = BTreeMap::from([
+        (
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        ),
+        ("llama.block_count".to_string(), Value::U32(3)),
+        ("eps".to_string(), Value::F32(1e-5)),
+        (
+            "tokens".to_string(),
+            Value::Array(vec![Value::String("a".into()), Value::String("é".into())]),
+        ),
+        (
+            "types".to_string(),
+            Value::Array(vec![Value::I32(1), Value::I32(3)]),
+        ),
+    ]);
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let tensors = [
+        TensorData {
+            name: "a".into(),
+            shape: vec![2, 3],
+            kind: TensorType::named("F32").unwrap(),
+            data: f32s(&[1., 2., 3., 4., 5., 6.]),
+        },
+        TensorData {
+            name: "b".into(),
+            shape: vec![5],
+            kind: TensorType::named("F32").unwrap(),
+            data: f32s(&[0.; 5]),
+        },
+    ];
+    write(&path, &metadata, &tensors).unwrap();
+    let g = Gguf::open(&path).unwrap();
+    assert_eq!(g.metadata, metadata);
+    assert_eq!(g.tensor("a").unwrap().shape(), vec![2, 3]);
+    assert_eq!(g.tensor("b").unwrap().offset % 32, 0);
+    let bytes = std::fs::read(&path).unwrap();
+    let a = g.tensor("a").unwrap();
+    let start = (g.data_offset + a.offset) as usize;
+    assert_eq!(&bytes[start..start + 24], &tensors[0].data[..]);
+
+    let wrong = TensorData {
+        data: vec![0; 3],
+        ..tensors[1].clone()
+    };
+    let e = write(&path, &metadata, &[wrong]).unwrap_err().to_string();
+    assert!(
+        e.contains("tensor `b`: 3 bytes do not hold shape [5] of F32"),
+        "{e}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}

@@ -275,8 +275,10 @@ fn config_of(g: &Gguf, arch: &str) -> Result<Value> {
         if let Some(w) = opt_int("attention.sliding_window")? {
             c.insert("sliding_window".into(), json!(w));
         }
-        // llama.cpp fixes these for Gemma 3 rather than storing them.
-        c.insert("sliding_window_pattern".into(), json!(6));
+        // llama.cpp fixes these for Gemma 3 rather than storing them (a
+        // pattern key is read when a writer sets one).
+        let pattern = opt_int("attention.sliding_window_pattern")?.unwrap_or(6);
+        c.insert("sliding_window_pattern".into(), json!(pattern));
         c.insert("rope_local_base_freq".into(), json!(10_000.0));
         c.insert("query_pre_attn_scalar".into(), json!(head_dim));
     }
@@ -630,4 +632,83 @@ fn write_dir(model: &GgufModel, dir: &Path) -> Result<()> {
     write_json("tokenizer_config.json", &model.tokenizer_config)?;
     let metadata = HashMap::from([("format".to_string(), "mlx".to_string())]);
     crate::save_safetensors(dir.join("model.safetensors"), &model.tensors, &metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{PreTokenizedString, PreTokenizer, PreTokenizerWrapper};
+
+    /// The pieces `pre` cuts `text` into (in byte-level form: `Ġ` is a space).
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let p: PreTokenizerWrapper = serde_json::from_value(pre_tokenizer(pre).unwrap()).unwrap();
+        let mut s = PreTokenizedString::from(text);
+        p.pre_tokenize(&mut s).unwrap();
+        s.get_splits(
+            tokenizers::OffsetReferential::Original,
+            tokenizers::OffsetType::Byte,
+        )
+        .into_iter()
+        .map(|(piece, _, _)| piece.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn each_pre_tokenizer_splits_digits_its_own_way() {
+        let text = "Year 12345, it's";
+        assert_eq!(pieces("gpt2", text), ["Year", "Ġ12345", ",", "Ġit", "'s"]);
+        assert_eq!(
+            pieces("smollm", text),
+            ["Year", "Ġ", "1", "2", "3", "4", "5", ",", "Ġit", "'s"]
+        );
+        assert_eq!(
+            pieces("llama-bpe", text),
+            ["Year", "Ġ", "123", "45", ",", "Ġit", "'s"]
+        );
+        assert_eq!(
+            pieces("qwen2", text),
+            ["Year", "Ġ", "1", "2", "3", "4", "5", ",", "Ġit", "'s"]
+        );
+        assert!(pre_tokenizer("bloom").is_none());
+    }
+
+    #[test]
+    fn tensor_names_map_per_architecture() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.scales", "llama").as_deref(),
+            Some("model.layers.3.self_attn.q_proj.scales")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight", "llama").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight", "gemma3").as_deref(),
+            Some("model.layers.0.pre_feedforward_layernorm.weight")
+        );
+        assert_eq!(
+            hf_name("blk.1.attn_k_norm.weight", "qwen3").as_deref(),
+            Some("model.layers.1.self_attn.k_norm.weight")
+        );
+        assert_eq!(hf_name("blk.1.attn_k_norm.weight", "llama"), None);
+        assert_eq!(hf_name("blk.x.attn_q.weight", "llama"), None);
+        assert_eq!(
+            hf_name("token_embd.weight", "qwen3").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(
+            hf_name("output.weight", "llama").as_deref(),
+            Some("lm_head.weight")
+        );
+    }
+
+    #[test]
+    fn unpermuting_inverts_llama_cpp_row_order() {
+        // 2 heads of 4 rows: GGUF row h*4 + 2i + j holds HF row h*4 + 2j + i.
+        let gguf: Vec<f32> = vec![0., 2., 1., 3., 4., 6., 5., 7.];
+        let a = Array::from_slice(&gguf, &[8, 1]).unwrap();
+        let back = unpermute_rows(&a, 2, 4).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(back, [0., 1., 2., 3., 4., 5., 6., 7.]);
+        assert!(unpermute_rows(&a, 3, 4).is_err());
+    }
 }
