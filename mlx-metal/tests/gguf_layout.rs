@@ -113,7 +113,7 @@ fn f32_tensor(name: String, shape: Vec<u64>, data: &[f32]) -> TensorData {
 /// Writes fixture `dir` as llama.cpp would, to `out`.
 fn write_as_llama_cpp(dir: &Path, arch: &str, out: &Path) {
     let c = json(&dir.join("config.json"));
-    let gemma = arch == "gemma3";
+    let gemma = arch.starts_with("gemma");
     let int = |k: &str| c[k].as_u64().unwrap();
     let heads = int("num_attention_heads") as usize;
     let kv_heads = c["num_key_value_heads"].as_u64().unwrap_or(heads as u64) as usize;

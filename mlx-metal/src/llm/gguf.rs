@@ -26,7 +26,9 @@ use crate::{load_gguf_tensors, Array, Dtype, Error, Result};
 /// becomes.
 pub const ARCHITECTURES: &[(&str, &str)] = &[
     ("llama", "llama"),
+    ("qwen2", "qwen2"),
     ("qwen3", "qwen3"),
+    ("gemma2", "gemma2"),
     ("gemma3", "gemma3_text"),
 ];
 
@@ -156,7 +158,7 @@ pub fn load(path: &Path) -> Result<GgufModel> {
                     .map_err(|e| bad(path, format!("tensor `{name}`: {e}")))?;
             }
         }
-        if arch == "gemma3" && name.ends_with("norm.weight") {
+        if arch.starts_with("gemma") && name.ends_with("norm.weight") {
             *array = array
                 .astype(Dtype::Float32)?
                 .add_scalar(-1.0)?
@@ -242,6 +244,7 @@ fn config_of(g: &Gguf, arch: &str) -> Result<Value> {
     let theta = match g.get(&key("rope.freq_base")) {
         Some(_) => g.f64(&key("rope.freq_base"))?,
         None if arch == "gemma3" => 1_000_000.0,
+        None if arch == "qwen2" => 1_000_000.0,
         None => 10_000.0,
     };
     c.insert("rope_theta".into(), json!(theta));
@@ -270,6 +273,20 @@ fn config_of(g: &Gguf, arch: &str) -> Result<Value> {
         if let Some(id) = g.get(meta).and_then(Meta::as_u64) {
             c.insert(field.into(), json!(id));
         }
+    }
+    if arch == "gemma2" {
+        for (meta, field) in [
+            ("attn_logit_softcapping", "attn_logit_softcapping"),
+            ("final_logit_softcapping", "final_logit_softcapping"),
+        ] {
+            if g.get(&key(meta)).is_some() {
+                c.insert(field.into(), json!(g.f64(&key(meta))?));
+            }
+        }
+        if let Some(w) = opt_int("attention.sliding_window")? {
+            c.insert("sliding_window".into(), json!(w));
+        }
+        c.insert("query_pre_attn_scalar".into(), json!(head_dim));
     }
     if arch == "gemma3" {
         if let Some(w) = opt_int("attention.sliding_window")? {
@@ -305,7 +322,7 @@ pub fn hf_name(name: &str, arch: &str) -> Option<String> {
     let rest = stem.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     layer.parse::<u32>().ok()?;
-    let gemma = arch == "gemma3";
+    let gemma = arch.starts_with("gemma");
     let module = match part {
         "attn_norm" => "input_layernorm",
         "attn_q" => "self_attn.q_proj",

@@ -1,14 +1,11 @@
 //! Language models on MLX: configuration, weights, the supported
-//! architectures, KV caches, tokenizer, chat templates, sampling and the
+//! architectures, tokenizer, chat templates, sampling and the
 //! generation loop.
 
-pub mod cache;
 pub mod chat_template;
 pub mod config;
-mod fused;
 pub mod generate;
 pub mod gguf;
-pub mod layers;
 mod model;
 pub mod models;
 pub mod sampler;
