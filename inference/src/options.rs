@@ -4,6 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How a model directory is loaded.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Force a backend by name (`"mlx"`, `"metal"`, `"mlxlm"`); `None` picks
     /// the highest-priority available backend.
@@ -35,6 +36,7 @@ impl LoadOptions {
 /// assert!(!opts.is_greedy());
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// Most tokens to generate.
     pub max_tokens: usize,

@@ -142,11 +142,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "mlx_lm",
     )?);
 
-    let native_name = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "metal"
-    } else {
-        "mlx"
-    };
+    let native_name = inference::native_backend_name();
     let mut native = Command::new(&cli);
     native
         .args(["bench", "--backend", native_name, "--model"])
