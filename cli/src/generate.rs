@@ -11,7 +11,7 @@ use inference::{
 use serde_json::json;
 
 /// Exit status after Ctrl-C (128 + SIGINT).
-const INTERRUPTED: i32 = 130;
+pub const INTERRUPTED: i32 = 130;
 
 /// Options shared by `generate` and `chat`.
 #[derive(Args, Debug)]
@@ -79,8 +79,24 @@ pub struct ChatArgs {
     common: CommonArgs,
 }
 
+/// Loads `model` (or the default one) with `backend` (or the best).
+pub fn load(model: Option<PathBuf>, backend: Option<&str>) -> Result<Box<dyn TextModel>> {
+    let dir = crate::model_path::resolve(model)?;
+    let model = match backend {
+        Some(name) => inference::load_model_with(&dir, LoadOptions::default().backend(name)),
+        None => inference::load_model(&dir),
+    };
+    Ok(model?)
+}
+
 impl CommonArgs {
-    fn options(&self, cancel: CancellationToken) -> GenerateOptions {
+    /// Whether `--json` was given.
+    pub fn json_lines(&self) -> bool {
+        self.json
+    }
+
+    /// The generation options, cancelled by `cancel`.
+    pub fn options(&self, cancel: CancellationToken) -> GenerateOptions {
         let mut o = GenerateOptions::default()
             .max_tokens(self.max_tokens)
             .temperature(self.temperature)
@@ -95,20 +111,14 @@ impl CommonArgs {
         o
     }
 
-    fn load(&self) -> Result<Box<dyn TextModel>> {
-        let dir = crate::model_path::resolve(self.model.clone())?;
-        let model = match &self.backend {
-            Some(name) => {
-                inference::load_model_with(&dir, LoadOptions::default().backend(name.clone()))
-            }
-            None => inference::load_model(&dir),
-        };
-        Ok(model?)
+    /// Loads the model these options name.
+    pub fn load(&self) -> Result<Box<dyn TextModel>> {
+        load(self.model.clone(), self.backend.as_deref())
     }
 }
 
 /// Cancels `token` on Ctrl-C (installed once per process).
-fn cancel_on_ctrl_c() -> Result<CancellationToken> {
+pub fn cancel_on_ctrl_c() -> Result<CancellationToken> {
     let token = CancellationToken::new();
     let t = token.clone();
     ctrlc::set_handler(move || t.cancel()).context("cannot install the Ctrl-C handler")?;
