@@ -5,8 +5,10 @@
 //! - `cargo xtask test [ARGS]`: build-mlx, fixtures, then `cargo test --workspace`.
 //! - `cargo xtask demo`: build what is missing and stream a generation.
 //! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
+//! - `cargo xtask bench ops`: single MLX operations, mlx-metal vs Python MLX.
 
 mod bench;
+mod bench_ops;
 mod build_mlx;
 mod fixtures;
 mod process;
@@ -33,14 +35,32 @@ enum Command {
         #[arg(long, default_value = "The quick brown fox")]
         prompt: String,
     },
-    /// Time mlx_lm and the native backend on the same model and print the ratios.
-    Bench(bench::Options),
+    /// Time mlx_lm and the native backend on the same model and print the
+    /// ratios (`bench ops`: single MLX operations, mlx-metal vs Python MLX).
+    Bench(BenchArgs),
     /// Build what is missing, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `cargo xtask bench [OPTIONS]` or `cargo xtask bench ops [OPTIONS]`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+    #[command(flatten)]
+    model: bench::Options,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time single MLX operations through mlx-metal (criterion) and through
+    /// Python MLX, and print them side by side.
+    Ops(bench_ops::Options),
 }
 
 fn main() {
@@ -54,7 +74,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::BuildMlx(opts) => build_mlx::run(&opts),
         Command::Fixtures => fixtures::run().map(|_| ()),
-        Command::Bench(opts) => bench::run(&opts),
+        Command::Bench(args) => match args.what {
+            Some(BenchWhat::Ops(opts)) => bench_ops::run(&opts),
+            None => bench::run(&args.model),
+        },
         Command::Demo { prompt } => {
             build_mlx::run(&build_mlx::Options::default())?;
             let dir = fixtures::run()?;
