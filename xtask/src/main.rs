@@ -7,8 +7,10 @@
 //! - `cargo xtask demo`: build what is missing and chat with the default model.
 //! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
 //! - `cargo xtask bench ops`: single MLX operations, mlx-metal vs Python MLX.
+//! - `cargo xtask bench classify|batch`: batched inference, mlx_lm vs mlx-infer.
 
 mod bench;
+mod bench_batch;
 mod bench_ops;
 mod build_mlx;
 mod default_model;
@@ -65,6 +67,10 @@ enum BenchWhat {
     /// Time single MLX operations through mlx-metal (criterion) and through
     /// Python MLX, and print them side by side.
     Ops(bench_ops::Options),
+    /// Sentences/s of next-token classification, mlx_lm vs mlx-infer.
+    Classify(bench_batch::Options),
+    /// Generated tok/s of batched greedy completions, mlx_lm vs mlx-infer.
+    Batch(bench_batch::Options),
 }
 
 fn main() {
@@ -80,6 +86,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fixtures => fixtures::run().map(|_| ()),
         Command::Bench(args) => match args.what {
             Some(BenchWhat::Ops(opts)) => bench_ops::run(&opts),
+            Some(BenchWhat::Classify(opts)) => bench_batch::run(bench_batch::Mode::Classify, &opts),
+            Some(BenchWhat::Batch(opts)) => bench_batch::run(bench_batch::Mode::Batch, &opts),
             None => bench::run(&args.model),
         },
         Command::DefaultModel => default_model::run().map(|_| ()),
