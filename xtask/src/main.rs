@@ -7,6 +7,7 @@
 //! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
 
 mod bench;
+mod blas;
 mod build_mlx;
 mod fixtures;
 mod process;
