@@ -24,10 +24,12 @@ impl Backend for MlxBackend {
 
     fn status(&self) -> BackendStatus {
         BackendStatus::available(mlx_version(), device_description())
+            .with_blas(crate::blas_info().to_string())
+            .with_dtype(crate::llm::dtype::auto_description())
     }
 
-    fn load(&self, dir: &Path, _opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        Ok(Box::new(NativeModel::load(dir)?))
+    fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
+        Ok(Box::new(NativeModel::load_with_dtype(dir, opts.dtype)?))
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod chat_template;
 pub mod config;
+pub mod dtype;
 mod fused;
 pub mod generate;
 pub mod layers;

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use inference::{
-    GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource,
-    TokenStream,
+    ComputeDtype, GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token,
+    TokenSource, TokenStream,
 };
 
 use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
@@ -37,8 +37,15 @@ pub struct NativeModel {
 
 impl NativeModel {
     /// Loads `dir`: config.json, safetensors weights, tokenizer.json and
-    /// (when present) the chat template.
+    /// (when present) the chat template; computes in the default dtype
+    /// ([`ComputeDtype::Auto`]).
     pub fn load(dir: &Path) -> Result<NativeModel> {
+        Self::load_with_dtype(dir, ComputeDtype::Auto)
+    }
+
+    /// [`load`](Self::load), computing in the type `dtype` resolves to
+    /// (see [`crate::llm::dtype`]).
+    pub fn load_with_dtype(dir: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
         if !dir.is_dir() {
             return Err(Error::File {
                 path: dir.to_path_buf(),
@@ -47,7 +54,7 @@ impl NativeModel {
         }
         let (config, config_path) = Config::load(dir)?;
         let tokenizer = Tokenizer::load(dir, &config)?;
-        let arch = models::load(dir, &config, &config_path)?;
+        let (arch, dtypes) = models::load_as(dir, &config, &config_path, dtype)?;
         let template = match tokenizer.chat_template() {
             Some((source, path)) => Some(ChatTemplate::new(source, path)?),
             None => None,
@@ -60,6 +67,9 @@ impl NativeModel {
             num_layers: Some(arch.num_layers()),
             hidden_size: config.hidden_size.map(|h| h as usize),
             quantization_bits: config.quant()?.map(|q| q.bits as u32),
+            weights_dtype: dtypes.weights.map(|d| d.to_string()),
+            compute_dtype: dtypes.compute.map(|d| d.to_string()),
+            blas: Some(crate::blas_info().to_string()),
         };
         Ok(NativeModel {
             arch,

@@ -6,8 +6,11 @@ mod qwen3;
 
 use std::path::Path;
 
+use inference::ComputeDtype;
+
 use crate::llm::cache::KvCache;
 use crate::llm::config::Config;
+use crate::llm::dtype::DtypeChoice;
 use crate::llm::weights::Weights;
 use crate::{Array, Error, Result};
 
@@ -27,10 +30,23 @@ pub trait Architecture: Send {
 /// The `model_type`s this crate runs natively.
 pub const SUPPORTED: &[&str] = &["llama", "qwen3", "gemma3_text", "gemma3"];
 
-/// Builds the architecture named by `config.model_type` from `dir`'s weights.
+/// Builds the architecture named by `config.model_type` from `dir`'s
+/// weights, computing in the default dtype ([`ComputeDtype::Auto`]).
 pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn Architecture>> {
+    Ok(load_as(dir, config, config_path, ComputeDtype::Auto)?.0)
+}
+
+/// [`load`] computing in the type `dtype` resolves to; also says which
+/// type the weights are stored in and which one the model computes in.
+pub fn load_as(
+    dir: &Path,
+    config: &Config,
+    config_path: &Path,
+    dtype: ComputeDtype,
+) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
     let strip = (config.model_type == "gemma3_text").then_some("language_model.");
     let mut weights = Weights::load(dir, config, strip)?;
+    let choice = weights.apply_compute_dtype(dtype)?;
     let model: Box<dyn Architecture> = match config.model_type.as_str() {
         "llama" => Box::new(llama::load(config, &mut weights)?),
         "qwen3" => Box::new(qwen3::load(config, &mut weights)?),
@@ -42,5 +58,5 @@ pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn A
             })
         }
     };
-    Ok(model)
+    Ok((model, choice))
 }
