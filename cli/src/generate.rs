@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use inference::{
-    CancellationToken, GenerateOptions, LoadOptions, Message, StopReason, TextModel, TokenStream,
+    CancellationToken, ComputeDtype, GenerateOptions, LoadOptions, Message, StopReason, TextModel,
+    TokenStream,
 };
 use serde_json::json;
 
@@ -22,6 +23,12 @@ pub struct CommonArgs {
     /// Force a backend (`mlx`, `metal`, `mlxlm`); default: the best available.
     #[arg(long)]
     backend: Option<String>,
+    /// Floating-point type to compute in: `auto` (float32 for bfloat16/float16
+    /// weights on a CPU, the weights' type on a GPU), `model` (the weights'
+    /// type), or `float32`, `bfloat16`, `float16`. Quantised weights stay
+    /// quantised; their scales follow.
+    #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
+    dtype: ComputeDtype,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -94,15 +101,14 @@ impl CommonArgs {
         o
     }
 
+    /// Loads the model and says on stderr what was loaded and how it computes.
     fn load(&self) -> Result<Box<dyn TextModel>> {
         let dir = crate::model_path::resolve(self.model.clone())?;
-        let model = match &self.backend {
-            Some(name) => {
-                inference::load_model_with(&dir, LoadOptions::default().backend(name.clone()))
-            }
-            None => inference::load_model(&dir),
-        };
-        Ok(model?)
+        let mut opts = LoadOptions::default().dtype(self.dtype);
+        opts.backend = self.backend.clone();
+        let model = inference::load_model_with(&dir, opts)?;
+        eprintln!("{}", crate::loading::summary(model.info()));
+        Ok(model)
     }
 }
 

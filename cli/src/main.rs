@@ -4,6 +4,7 @@ mod backends;
 mod bench;
 mod generate;
 mod linked;
+mod loading;
 mod model_path;
 
 use clap::{Parser, Subcommand};
