@@ -11,7 +11,7 @@ use serde_json::json;
 /// `mlx-infer bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory.
+    /// Model directory or .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Backend to time (default: the best available).

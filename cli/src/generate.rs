@@ -17,7 +17,8 @@ const INTERRUPTED: i32 = 130;
 /// Options shared by `generate` and `chat`.
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// Model directory (default: MLX_INFER_MODEL, else the first model in the Hugging Face cache).
+    /// Model directory or .gguf file (default: MLX_INFER_MODEL, else the first model in the
+    /// Hugging Face cache, else the default model SmolLM2-135M-Instruct once fetched).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Force a backend (`mlx`, `metal`, `mlxlm`); default: the best available.
@@ -140,6 +141,7 @@ fn stream_out(
     }
     if !json_lines && !reply.is_empty() && !reply.ends_with('\n') {
         writeln!(out)?;
+        out.flush()?;
     }
     Ok(stream.stop_reason())
 }

@@ -2,10 +2,12 @@
 
 mod backends;
 mod bench;
+mod convert;
 mod generate;
 mod linked;
 mod loading;
 mod model_path;
+mod models;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,11 @@ enum Command {
     Chat(generate::ChatArgs),
     /// Time prompt processing and generation (one JSON line per run).
     Bench(bench::BenchArgs),
+    /// Write a GGUF file as an MLX model directory (config.json, model.safetensors, tokenizer).
+    Convert(convert::ConvertArgs),
+    /// List the models on this machine (Hugging Face cache, default model, ollama) and their backend.
+    #[command(alias = "discover")]
+    Models(models::ModelsArgs),
 }
 
 fn main() {
@@ -37,6 +44,8 @@ fn main() {
         Command::Generate(args) => generate::generate(args),
         Command::Chat(args) => generate::chat(args),
         Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(&args),
+        Command::Models(args) => models::run(&args, &mut std::io::stdout()),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -234,6 +234,8 @@ fn the_hugging_face_cache_supplies_a_default_model() {
         .env("HOME", &empty)
         .env_remove("HF_HOME")
         .env_remove("HF_HUB_CACHE")
+        .env_remove("MLX_INFER_CACHE")
+        .env_remove("XDG_CACHE_HOME")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -23,6 +23,7 @@
 mod backend;
 pub mod discover;
 mod error;
+pub mod gguf;
 mod message;
 mod model;
 mod options;

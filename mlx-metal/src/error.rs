@@ -21,7 +21,7 @@ pub enum Error {
     /// The model's architecture is not one this crate runs.
     #[error(
         "{path}: model_type `{model_type}` is not supported natively (supported: {})",
-        crate::llm::models::SUPPORTED.join(", ")
+        crate::llm::models::supported().join(", ")
     )]
     UnsupportedModel {
         /// The config.json naming it.

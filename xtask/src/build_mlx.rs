@@ -54,14 +54,7 @@ fn mlx_source(opts: &Options) -> Result<MlxSource> {
 /// The per-user cache root: `MLX_INFER_CACHE`, else `$XDG_CACHE_HOME/mlx-infer`,
 /// else `~/.cache/mlx-infer`.
 pub fn cache_root() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("MLX_INFER_CACHE") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("mlx-infer"));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set; set MLX_INFER_CACHE")?;
-    Ok(PathBuf::from(home).join(".cache/mlx-infer"))
+    inference::discover::cache_root().context("HOME is not set; set MLX_INFER_CACHE")
 }
 
 /// A short stable hash for cache keys (FNV-1a).

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use inference::{GenerateOptions, StopReason, StopStrings, Token};
 
-use crate::llm::cache::KvCache;
 use crate::llm::models::Architecture;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
+use crate::nn::cache::KvCache;
 use crate::{async_eval, clear_cache, eval, Array, Dtype, Result};
 
 /// Prompt tokens processed per forward pass during prefill (as mlx_lm).

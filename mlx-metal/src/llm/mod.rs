@@ -1,14 +1,12 @@
 //! Language models on MLX: configuration, weights, the supported
-//! architectures, KV caches, tokenizer, chat templates, sampling and the
+//! architectures, tokenizer, chat templates, sampling and the
 //! generation loop.
 
-pub mod cache;
 pub mod chat_template;
 pub mod config;
 pub mod dtype;
-mod fused;
 pub mod generate;
-pub mod layers;
+pub mod gguf;
 mod model;
 pub mod models;
 pub mod sampler;

@@ -10,9 +10,12 @@ use inference::{
 
 use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
 use crate::llm::config::Config;
+use crate::llm::dtype::DtypeChoice;
 use crate::llm::generate::{Generation, PREFILL_STEP};
+use crate::llm::gguf;
 use crate::llm::models::{self, Architecture};
 use crate::llm::tokenizer::Tokenizer;
+use crate::llm::weights::Weights;
 use crate::{backend_name, Error, Result};
 
 /// A language model running in-process on MLX.
@@ -36,25 +39,55 @@ pub struct NativeModel {
 }
 
 impl NativeModel {
-    /// Loads `dir`: config.json, safetensors weights, tokenizer.json and
-    /// (when present) the chat template; computes in the default dtype
-    /// ([`ComputeDtype::Auto`]).
-    pub fn load(dir: &Path) -> Result<NativeModel> {
-        Self::load_with_dtype(dir, ComputeDtype::Auto)
+    /// Loads a model directory (config.json, safetensors weights,
+    /// tokenizer.json and, when present, the chat template) or a single
+    /// `.gguf` file; computes in the default dtype ([`ComputeDtype::Auto`]).
+    pub fn load(path: &Path) -> Result<NativeModel> {
+        Self::load_with_dtype(path, ComputeDtype::Auto)
     }
 
     /// [`load`](Self::load), computing in the type `dtype` resolves to
     /// (see [`crate::llm::dtype`]).
-    pub fn load_with_dtype(dir: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
-        if !dir.is_dir() {
+    pub fn load_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
+        if path.is_file() {
+            return NativeModel::load_gguf_with_dtype(path, dtype);
+        }
+        if !path.is_dir() {
             return Err(Error::File {
-                path: dir.to_path_buf(),
-                message: "no such model directory".into(),
+                path: path.to_path_buf(),
+                message: inference::gguf::missing_model(path).into(),
             });
         }
-        let (config, config_path) = Config::load(dir)?;
-        let tokenizer = Tokenizer::load(dir, &config)?;
-        let (arch, dtypes) = models::load_as(dir, &config, &config_path, dtype)?;
+        let (config, config_path) = Config::load(path)?;
+        let tokenizer = Tokenizer::load(path, &config)?;
+        let (arch, dtypes) = models::load_as(path, &config, &config_path, dtype)?;
+        NativeModel::assemble(path, config, arch, tokenizer, dtypes)
+    }
+
+    /// Loads a GGUF file (see [`gguf`](crate::llm::gguf)); computes in the
+    /// default dtype.
+    pub fn load_gguf(path: &Path) -> Result<NativeModel> {
+        Self::load_gguf_with_dtype(path, ComputeDtype::Auto)
+    }
+
+    /// [`load_gguf`](Self::load_gguf), computing in the type `dtype`
+    /// resolves to.
+    pub fn load_gguf_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
+        let g = gguf::load(path)?;
+        let tokenizer =
+            Tokenizer::from_json(&g.tokenizer_json, &g.tokenizer_config, &g.config, path)?;
+        let mut weights = Weights::from_tensors(path, g.tensors, &g.config)?;
+        let (arch, dtypes) = models::build_as(&g.config, path, &mut weights, dtype)?;
+        NativeModel::assemble(path, g.config, arch, tokenizer, dtypes)
+    }
+
+    fn assemble(
+        path: &Path,
+        config: Config,
+        arch: Box<dyn Architecture>,
+        tokenizer: Tokenizer,
+        dtypes: DtypeChoice,
+    ) -> Result<NativeModel> {
         let template = match tokenizer.chat_template() {
             Some((source, path)) => Some(ChatTemplate::new(source, path)?),
             None => None,
@@ -62,7 +95,7 @@ impl NativeModel {
         let info = ModelInfo {
             backend: backend_name().into(),
             architecture: config.model_type.clone(),
-            path: dir.to_path_buf(),
+            path: path.to_path_buf(),
             vocab_size: config.vocab_size.map(|v| v as usize),
             num_layers: Some(arch.num_layers()),
             hidden_size: config.hidden_size.map(|h| h as usize),
