@@ -39,11 +39,7 @@ pub fn run(out: &mut impl Write) -> Result<i32> {
     }
     #[cfg(not(feature = "metal"))]
     if let Err(why) = crate::linked::native::active_memory() {
-        let name = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-            "metal"
-        } else {
-            "mlx"
-        };
+        let name = inference::native_backend_name();
         writeln!(out, "{name:<6} not built    {why}")?;
     }
     Ok(0)

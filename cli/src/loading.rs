@@ -45,26 +45,16 @@ mod tests {
 
     #[test]
     fn the_summary_names_dtypes_and_blas() {
-        let info = ModelInfo {
-            backend: "mlx".into(),
-            architecture: "qwen3".into(),
-            path: "/m".into(),
-            quantization_bits: Some(4),
-            weights_dtype: Some("bfloat16".into()),
-            compute_dtype: Some("float32".into()),
-            blas: Some("OpenBLAS 0.3.21, 2 threads".into()),
-            ..Default::default()
-        };
+        let mut info = ModelInfo::new("mlx", "qwen3", "/m");
+        info.quantization_bits = Some(4);
+        info.weights_dtype = Some("bfloat16".into());
+        info.compute_dtype = Some("float32".into());
+        info.blas = Some("OpenBLAS 0.3.21, 2 threads".into());
         assert_eq!(
             summary(&info),
             "loaded qwen3 from /m on mlx (4-bit): weights bfloat16, compute float32, BLAS OpenBLAS 0.3.21, 2 threads"
         );
-        let bare = ModelInfo {
-            backend: "x".into(),
-            architecture: "llama".into(),
-            path: "/m".into(),
-            ..Default::default()
-        };
+        let bare = ModelInfo::new("x", "llama", "/m");
         assert_eq!(summary(&bare), "loaded llama from /m on x");
     }
 }

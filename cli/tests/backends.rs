@@ -30,11 +30,7 @@ fn version_is_printed() {
 fn mlx_backend_is_listed_as_available_with_its_version() {
     let (ok, stdout, stderr) = mlx_infer(&["backends"]);
     assert!(ok, "{stderr}");
-    let name = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "metal"
-    } else {
-        "mlx"
-    };
+    let name = inference::native_backend_name();
     let line = stdout
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))

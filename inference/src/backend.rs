@@ -4,6 +4,21 @@ use std::path::Path;
 
 use crate::{LoadOptions, TextModel};
 
+/// The name of the in-process MLX backend on this platform: `metal` on
+/// macOS with Apple silicon, `mlx` everywhere else (Linux CPU or CUDA).
+///
+/// ```
+/// let name = inference::native_backend_name();
+/// assert!(name == "metal" || name == "mlx");
+/// ```
+pub const fn native_backend_name() -> &'static str {
+    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        "metal"
+    } else {
+        "mlx"
+    }
+}
+
 /// What a backend reports about itself for listings such as
 /// `mlx-infer backends`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,3 +134,13 @@ impl BackendRegistration {
 }
 
 inventory::collect!(BackendRegistration);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_native_backend_is_named_for_the_platform() {
+        let on_apple_silicon = cfg!(target_os = "macos") && cfg!(target_arch = "aarch64");
+        let expected = if on_apple_silicon { "metal" } else { "mlx" };
+        assert_eq!(super::native_backend_name(), expected);
+    }
+}

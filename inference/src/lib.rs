@@ -31,7 +31,7 @@ mod registry;
 mod stop;
 mod stream;
 
-pub use backend::{Backend, BackendRegistration, BackendStatus};
+pub use backend::{native_backend_name, Backend, BackendRegistration, BackendStatus};
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};

@@ -8,6 +8,7 @@ use crate::{GenerateOptions, Message, TokenStream};
 
 /// What a loaded model is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModelInfo {
     /// The backend serving it.
     pub backend: String,
@@ -35,8 +36,26 @@ pub struct ModelInfo {
     pub blas: Option<String>,
 }
 
+impl ModelInfo {
+    /// What `backend` knows of the `architecture` model at `path`; the
+    /// optional figures start unknown.
+    pub fn new(
+        backend: impl Into<String>,
+        architecture: impl Into<String>,
+        path: impl Into<PathBuf>,
+    ) -> ModelInfo {
+        ModelInfo {
+            backend: backend.into(),
+            architecture: architecture.into(),
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Figures from the most recent generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Metrics {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,

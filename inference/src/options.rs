@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// assert_eq!(LoadOptions::default().dtype, ComputeDtype::Auto);
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Force a backend by name (`"mlx"`, `"metal"`, `"mlxlm"`); `None` picks
     /// the highest-priority available backend.
@@ -136,6 +137,7 @@ impl FromStr for ComputeDtype {
 /// assert!(!opts.is_greedy());
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// Most tokens to generate.
     pub max_tokens: usize,

@@ -30,12 +30,7 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// The mlx_lm environment's interpreter (`MLXLM_PYTHON`, else the fixtures').
-fn python() -> PathBuf {
-    std::env::var_os("MLXLM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::fixtures().join("python"))
-}
+use test_support::python;
 
 const QUESTION: &str = "What is the capital of France?";
 

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use inference::{
-    ComputeDtype, GenerateOptions, Message, Metrics, ModelInfo, StopReason, StopStrings, TextModel,
-    Token, TokenSource, TokenStream,
+    ComputeDtype, GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token,
+    TokenSource, TokenStream,
 };
 use serde_json::{json, Value};
 
@@ -51,18 +51,18 @@ impl MlxLmModel {
         let info = &reply["info"];
         let count = |key: &str| info.get(key).and_then(Value::as_u64).map(|n| n as usize);
         let text = |key: &str| info.get(key).and_then(Value::as_str).map(str::to_string);
-        let info = ModelInfo {
-            backend: BACKEND_NAME.into(),
-            architecture: info["model_type"].as_str().unwrap_or_default().to_string(),
-            path: dir.to_path_buf(),
-            vocab_size: count("vocab_size"),
-            num_layers: count("num_layers"),
-            hidden_size: count("hidden_size"),
-            quantization_bits: count("quantization_bits").map(|b| b as u32),
-            weights_dtype: text("weights_dtype"),
-            compute_dtype: text("compute_dtype"),
-            blas: text("blas"),
-        };
+        let mut info = ModelInfo::new(
+            BACKEND_NAME,
+            info["model_type"].as_str().unwrap_or_default(),
+            dir,
+        );
+        info.vocab_size = count("vocab_size");
+        info.num_layers = count("num_layers");
+        info.hidden_size = count("hidden_size");
+        info.quantization_bits = count("quantization_bits").map(|b| b as u32);
+        info.weights_dtype = text("weights_dtype");
+        info.compute_dtype = text("compute_dtype");
+        info.blas = text("blas");
         Ok(MlxLmModel {
             bridge,
             info,
@@ -94,14 +94,17 @@ impl MlxLmModel {
         if let Err(e) = self.bridge.send(&request) {
             return TokenStream::failed(e.into());
         }
-        TokenStream::new(Generation {
-            model: self,
-            opts: opts.clone(),
-            stops: StopStrings::new(&opts.stop),
-            ready: VecDeque::new(),
-            reason: None,
-            finished: false,
-        })
+        let stops = opts.stop.clone();
+        TokenStream::with_stops(
+            Generation {
+                model: self,
+                opts: opts.clone(),
+                ready: VecDeque::new(),
+                reason: None,
+                finished: false,
+            },
+            &stops,
+        )
     }
 }
 
@@ -127,7 +130,6 @@ impl TextModel for MlxLmModel {
 struct Generation<'a> {
     model: &'a mut MlxLmModel,
     opts: GenerateOptions,
-    stops: StopStrings,
     ready: VecDeque<Token>,
     reason: Option<StopReason>,
     finished: bool,
@@ -137,13 +139,12 @@ impl Generation<'_> {
     /// Records the final message's figures.
     fn record(&mut self, done: &Value) {
         let num = |k: &str| done.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-        self.model.metrics = Metrics {
-            prompt_tokens: num("prompt_tokens") as usize,
-            generated_tokens: num("generated_tokens") as usize,
-            prompt_tps: num("prompt_tps"),
-            generation_tps: num("generation_tps"),
-            peak_memory_bytes: num("peak_memory_bytes") as u64,
-        };
+        let m = &mut self.model.metrics;
+        m.prompt_tokens = num("prompt_tokens") as usize;
+        m.generated_tokens = num("generated_tokens") as usize;
+        m.prompt_tps = num("prompt_tps");
+        m.generation_tps = num("generation_tps");
+        m.peak_memory_bytes = num("peak_memory_bytes") as u64;
     }
 
     /// Asks the bridge to stop and reads up to its final message.
@@ -161,24 +162,15 @@ impl Generation<'_> {
 
     fn step(&mut self) -> Result<()> {
         if self.opts.is_cancelled() {
-            self.ready.extend(self.stops.finish());
             return self.stop_early(StopReason::Cancelled);
         }
         let msg = self.model.bridge.recv()?;
         if let Some(id) = msg.get("token").and_then(Value::as_u64) {
             let text = msg.get("text").and_then(Value::as_str).unwrap_or_default();
-            let (ready, hit) = self.stops.push(Token {
-                id: id as u32,
-                text: text.to_string(),
-            });
-            self.ready.extend(ready);
-            if hit {
-                return self.stop_early(StopReason::Stop);
-            }
+            self.ready.push_back(Token::new(id as u32, text));
             return Ok(());
         }
         if msg.get("done").is_some() {
-            self.ready.extend(self.stops.finish());
             self.record(&msg);
             let reason = msg
                 .get("reason")
@@ -230,6 +222,13 @@ impl TokenSource for Generation<'_> {
             self.reason
         } else {
             None
+        }
+    }
+
+    fn stop(&mut self) {
+        self.ready.clear();
+        if !self.finished && self.reason.is_none() && self.stop_early(StopReason::Stop).is_err() {
+            self.finished = true;
         }
     }
 }

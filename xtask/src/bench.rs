@@ -207,11 +207,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let max = opts.max_tokens.to_string();
     let script = root().join("xtask/python/bench_mlx_lm.py");
     let libmlx = build_libmlx()?;
-    let native_name = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "metal"
-    } else {
-        "mlx"
-    };
+    let native_name = inference::native_backend_name();
     let cores = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();

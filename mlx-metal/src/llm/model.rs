@@ -92,18 +92,14 @@ impl NativeModel {
             Some((source, path)) => Some(ChatTemplate::new(source, path)?),
             None => None,
         };
-        let info = ModelInfo {
-            backend: backend_name().into(),
-            architecture: config.model_type.clone(),
-            path: path.to_path_buf(),
-            vocab_size: config.vocab_size.map(|v| v as usize),
-            num_layers: Some(arch.num_layers()),
-            hidden_size: config.hidden_size.map(|h| h as usize),
-            quantization_bits: config.quant()?.map(|q| q.bits as u32),
-            weights_dtype: dtypes.weights.map(|d| d.to_string()),
-            compute_dtype: dtypes.compute.map(|d| d.to_string()),
-            blas: Some(crate::blas_info().to_string()),
-        };
+        let mut info = ModelInfo::new(backend_name(), config.model_type.clone(), path);
+        info.vocab_size = config.vocab_size.map(|v| v as usize);
+        info.num_layers = Some(arch.num_layers());
+        info.hidden_size = config.hidden_size.map(|h| h as usize);
+        info.quantization_bits = config.quant()?.map(|q| q.bits as u32);
+        info.weights_dtype = dtypes.weights.map(|d| d.to_string());
+        info.compute_dtype = dtypes.compute.map(|d| d.to_string());
+        info.blas = Some(crate::blas_info().to_string());
         Ok(NativeModel {
             arch,
             tokenizer,
@@ -154,10 +150,8 @@ impl NativeModel {
             Ok(p) => p,
             Err(e) => return TokenStream::failed(e.into()),
         };
-        self.metrics = Metrics {
-            prompt_tokens: prompt.len(),
-            ..Default::default()
-        };
+        self.metrics = Metrics::default();
+        self.metrics.prompt_tokens = prompt.len();
         match Generation::start(
             self.arch.as_ref(),
             &self.tokenizer,
@@ -165,10 +159,13 @@ impl NativeModel {
             opts,
             PREFILL_STEP,
         ) {
-            Ok(generation) => TokenStream::new(Source {
-                generation,
-                metrics: &mut self.metrics,
-            }),
+            Ok(generation) => TokenStream::with_stops(
+                Source {
+                    generation,
+                    metrics: &mut self.metrics,
+                },
+                &opts.stop,
+            ),
             Err(e) => TokenStream::failed(e.into()),
         }
     }
@@ -184,18 +181,21 @@ impl TokenSource for Source<'_> {
     fn next_token(&mut self) -> Option<inference::Result<Token>> {
         let item = self.generation.next_token();
         let t = self.generation.timing();
-        *self.metrics = Metrics {
-            prompt_tokens: t.prompt_tokens,
-            generated_tokens: t.generated,
-            prompt_tps: t.prompt_tps,
-            generation_tps: t.generation_tps,
-            peak_memory_bytes: crate::peak_memory().unwrap_or(0) as u64,
-        };
+        let m = &mut *self.metrics;
+        m.prompt_tokens = t.prompt_tokens;
+        m.generated_tokens = t.generated;
+        m.prompt_tps = t.prompt_tps;
+        m.generation_tps = t.generation_tps;
+        m.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
         item.map(|r| r.map_err(inference::Error::from))
     }
 
     fn stop_reason(&self) -> Option<StopReason> {
         self.generation.stop_reason()
+    }
+
+    fn stop(&mut self) {
+        self.generation.stop();
     }
 }
 

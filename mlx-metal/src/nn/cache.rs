@@ -313,3 +313,84 @@ impl RotatingCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys `[1, 1, n, 1]` holding positions `from..from + n`.
+    fn positions_from(from: i32, n: i32) -> Array {
+        let data: Vec<f32> = (from..from + n).map(|p| p as f32).collect();
+        Array::from_slice(&data, &[1, 1, n, 1]).unwrap()
+    }
+
+    fn update(cache: &mut KvCache, from: i32, n: i32) -> Vec<f32> {
+        let k = positions_from(from, n);
+        let (keys, _) = cache.update_and_fetch(&k, &k).unwrap();
+        keys.to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn rotating_cache_wraps_around_in_place() {
+        let mut c = KvCache::rotating(4);
+        for p in 0..4 {
+            let seen = update(&mut c, p, 1);
+            assert_eq!(seen, (0..=p).map(|x| x as f32).collect::<Vec<_>>());
+        }
+        // Past the window each new position overwrites the oldest slot.
+        assert_eq!(update(&mut c, 4, 1), [4., 1., 2., 3.]);
+        assert_eq!(update(&mut c, 5, 1), [4., 5., 2., 3.]);
+        assert_eq!(update(&mut c, 6, 1), [4., 5., 6., 3.]);
+        assert_eq!(update(&mut c, 7, 1), [4., 5., 6., 7.]);
+        assert_eq!(update(&mut c, 8, 1), [8., 5., 6., 7.]);
+        assert_eq!(c.offset(), 9);
+    }
+
+    #[test]
+    fn rotating_cache_multi_token_updates_keep_a_full_window() {
+        let mut c = KvCache::rotating(4);
+        assert_eq!(update(&mut c, 0, 3), [0., 1., 2.]);
+        // A chunk keeps max_size - 1 old positions in temporal order, then
+        // the new ones, so every new query sees a full window.
+        assert_eq!(update(&mut c, 3, 3), [0., 1., 2., 3., 4., 5.]);
+        assert_eq!(update(&mut c, 6, 2), [3., 4., 5., 6., 7.]);
+        assert_eq!(c.offset(), 8);
+        // Back to single steps: trimmed to the window, then ring order.
+        assert_eq!(update(&mut c, 8, 1), [8., 5., 6., 7.]);
+        assert_eq!(update(&mut c, 9, 1), [8., 9., 6., 7.]);
+    }
+
+    #[test]
+    fn rotating_masks_hide_what_left_the_window() {
+        let mut c = KvCache::rotating(4);
+        for p in 0..6 {
+            update(&mut c, p, 1);
+        }
+        // A window of 4 over a buffer of 4 needs no mask for one query.
+        assert!(matches!(c.make_mask(1, Some(4)).unwrap(), Mask::None));
+        // A prefill of 3 past the window keeps 3 old positions: bottom-right
+        // causal with the window.
+        match c.make_mask(3, Some(4)).unwrap() {
+            Mask::Array(m) => {
+                let keep = m.to_vec::<bool>().unwrap();
+                assert_eq!(keep.len(), 3 * 6);
+                let row = |i: usize| keep[i * 6..(i + 1) * 6].to_vec();
+                assert_eq!(row(0), [true, true, true, true, false, false]);
+                assert_eq!(row(2), [false, false, true, true, true, true]);
+            }
+            other => panic!("expected an explicit mask, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn standard_cache_grows_in_steps_and_reads_what_was_written() {
+        let mut c = KvCache::standard();
+        assert_eq!(update(&mut c, 0, 3), [0., 1., 2.]);
+        let seen = update(&mut c, 3, 300);
+        assert_eq!(seen.len(), 303);
+        assert_eq!(seen[302], 302.0);
+        assert_eq!(c.offset(), 303);
+        assert!(matches!(c.make_mask(1, None).unwrap(), Mask::None));
+        assert!(matches!(c.make_mask(2, None).unwrap(), Mask::Causal));
+    }
+}
