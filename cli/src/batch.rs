@@ -24,6 +24,9 @@ pub struct ClassifyArgs {
     /// Force a backend (`mlx`, `metal`, `mlxlm`); default: the best available.
     #[arg(long)]
     backend: Option<String>,
+    /// Floating-point type to compute in (as for `generate`).
+    #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
+    dtype: inference::ComputeDtype,
     /// One input per line: plain text, {"prompt": ...} or {"messages": [...]} (default: stdin).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -81,7 +84,8 @@ fn progress(total: usize) -> ProgressBar {
 /// Runs `mlx-infer classify`.
 pub fn classify(args: ClassifyArgs) -> Result<i32> {
     let parsed = inputs::read(args.input.as_deref(), args.skip_invalid)?;
-    let mut model = crate::generate::load(args.model.clone(), args.backend.as_deref())?;
+    let mut model =
+        crate::generate::load(args.model.clone(), args.backend.as_deref(), args.dtype)?;
     let opts = ClassifyOptions::default()
         .top_k(args.top_k)
         .labels(args.labels.iter().map(|l| l.as_str()))

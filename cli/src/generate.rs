@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use inference::{
-    CancellationToken, GenerateOptions, LoadOptions, Message, StopReason, TextModel, TokenStream,
+    CancellationToken, ComputeDtype, GenerateOptions, LoadOptions, Message, StopReason, TextModel,
+    TokenStream,
 };
 use serde_json::json;
 
@@ -23,6 +24,12 @@ pub struct CommonArgs {
     /// Force a backend (`mlx`, `metal`, `mlxlm`); default: the best available.
     #[arg(long)]
     backend: Option<String>,
+    /// Floating-point type to compute in: `auto` (float32 for bfloat16/float16
+    /// weights on a CPU, the weights' type on a GPU), `model` (the weights'
+    /// type), or `float32`, `bfloat16`, `float16`. Quantised weights stay
+    /// quantised; their scales follow.
+    #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
+    dtype: ComputeDtype,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -79,14 +86,20 @@ pub struct ChatArgs {
     common: CommonArgs,
 }
 
-/// Loads `model` (or the default one) with `backend` (or the best).
-pub fn load(model: Option<PathBuf>, backend: Option<&str>) -> Result<Box<dyn TextModel>> {
+/// Loads `model` (or the default one) with `backend` (or the best),
+/// computing in `dtype`, and says on stderr what was loaded and how it
+/// computes.
+pub fn load(
+    model: Option<PathBuf>,
+    backend: Option<&str>,
+    dtype: ComputeDtype,
+) -> Result<Box<dyn TextModel>> {
     let dir = crate::model_path::resolve(model)?;
-    let model = match backend {
-        Some(name) => inference::load_model_with(&dir, LoadOptions::default().backend(name)),
-        None => inference::load_model(&dir),
-    };
-    Ok(model?)
+    let mut opts = LoadOptions::default().dtype(dtype);
+    opts.backend = backend.map(str::to_string);
+    let model = inference::load_model_with(&dir, opts)?;
+    eprintln!("{}", crate::loading::summary(model.info()));
+    Ok(model)
 }
 
 impl CommonArgs {
@@ -113,7 +126,7 @@ impl CommonArgs {
 
     /// Loads the model these options name.
     pub fn load(&self) -> Result<Box<dyn TextModel>> {
-        load(self.model.clone(), self.backend.as_deref())
+        load(self.model.clone(), self.backend.as_deref(), self.dtype)
     }
 }
 

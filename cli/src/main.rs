@@ -7,6 +7,7 @@ mod convert;
 mod generate;
 mod inputs;
 mod linked;
+mod loading;
 mod model_path;
 mod models;
 

@@ -31,6 +31,12 @@ pub struct BackendStatus {
     pub version: Option<String>,
     /// The device it computes on.
     pub device: Option<String>,
+    /// The BLAS library behind its CPU matrix products, when it has one
+    /// (e.g. `OpenBLAS 0.3.21, 2 threads` or `reference`).
+    pub blas: Option<String>,
+    /// What [`ComputeDtype::Auto`](crate::ComputeDtype::Auto) computes in
+    /// here (e.g. `float32 for bfloat16/float16 weights`).
+    pub dtype: Option<String>,
 }
 
 impl BackendStatus {
@@ -41,7 +47,21 @@ impl BackendStatus {
             reason: None,
             version: Some(version.into()),
             device: Some(device.into()),
+            blas: None,
+            dtype: None,
         }
+    }
+
+    /// Adds the BLAS library in use.
+    pub fn with_blas(mut self, blas: impl Into<String>) -> Self {
+        self.blas = Some(blas.into());
+        self
+    }
+
+    /// Adds what the default compute dtype resolves to.
+    pub fn with_dtype(mut self, dtype: impl Into<String>) -> Self {
+        self.dtype = Some(dtype.into());
+        self
     }
 
     /// An unavailable backend and why.

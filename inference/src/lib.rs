@@ -40,7 +40,7 @@ pub use batch::{
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};
-pub use options::{GenerateOptions, LoadOptions};
+pub use options::{ComputeDtype, GenerateOptions, LoadOptions};
 pub use registry::{backends, load_model, load_model_with, select_backend};
 pub use stop::StopStrings;
 pub use stream::{StopReason, Token, TokenSource, TokenStream};

@@ -27,6 +27,16 @@ pub struct ModelInfo {
     pub hidden_size: Option<usize>,
     /// Quantisation bits, when the weights are quantised.
     pub quantization_bits: Option<u32>,
+    /// The floating-point type of the weights as stored (`bfloat16`,
+    /// `float16`, `float32`; for quantised weights, their scales'), when
+    /// known.
+    pub weights_dtype: Option<String>,
+    /// The floating-point type the model computes in, after
+    /// [`LoadOptions::dtype`](crate::LoadOptions::dtype), when known.
+    pub compute_dtype: Option<String>,
+    /// The BLAS library behind the backend's CPU matrix products (e.g.
+    /// `OpenBLAS 0.3.21, 2 threads`), when known.
+    pub blas: Option<String>,
 }
 
 impl ModelInfo {

@@ -24,6 +24,7 @@
 
 mod array;
 mod backend;
+mod blas;
 mod closure;
 mod compile;
 mod device;
@@ -43,6 +44,7 @@ mod vector;
 
 pub use array::{Array, Element};
 pub use backend::{ensure_registered, MlxBackend};
+pub use blas::{blas_info, BlasInfo, BlasKind};
 pub use compile::{compile, Compiled};
 pub use device::{Device, DeviceType, Stream};
 pub use dtype::Dtype;

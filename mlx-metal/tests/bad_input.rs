@@ -273,7 +273,7 @@ fn half_precision_weights_keep_their_dtype() {
         });
         let st = load_safetensors(dir.join("model.safetensors")).unwrap();
         assert!(st.tensors.values().all(|a| a.dtype() == dtype));
-        let mut model = NativeModel::load(&dir).unwrap();
+        let mut model = NativeModel::load_with_dtype(&dir, inference::ComputeDtype::Model).unwrap();
         let ids = Array::from_slice(&[1i32, 2, 3], &[1, 3]).unwrap();
         let mut caches = model.architecture().make_caches();
         let logits = model.architecture().forward(&ids, &mut caches).unwrap();

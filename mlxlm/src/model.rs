@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use inference::{
-    Classification, ClassifyOptions, GenerateOptions, Input, Message, Metrics, ModelInfo,
-    StopReason, TextModel, Token, TokenScore, TokenSource, TokenStream,
+    Classification, ClassifyOptions, ComputeDtype, GenerateOptions, Input, Message, Metrics,
+    ModelInfo, StopReason, TextModel, Token, TokenScore, TokenSource, TokenStream,
 };
 use serde_json::{json, Value};
 
@@ -20,8 +20,18 @@ pub struct MlxLmModel {
 }
 
 impl MlxLmModel {
-    /// Starts a bridge process and loads `dir` in it.
+    /// Starts a bridge process and loads `dir` in it, computing in the
+    /// default dtype ([`ComputeDtype::Auto`]).
     pub fn load(dir: &Path) -> Result<MlxLmModel> {
+        Self::load_with_dtype(dir, ComputeDtype::Auto)
+    }
+
+    /// Starts a bridge process and loads `dir` in it; the bridge casts the
+    /// model's floating-point parameters (quantised layers' scales and
+    /// biases included) to the type `dtype` resolves to, with the same rule
+    /// as the native backend (`auto`: float32 for bfloat16/float16 weights
+    /// when MLX computes on the CPU).
+    pub fn load_with_dtype(dir: &Path, dtype: ComputeDtype) -> Result<MlxLmModel> {
         let load_error = |message: String| Error::Load {
             path: dir.to_path_buf(),
             message,
@@ -33,13 +43,14 @@ impl MlxLmModel {
             return Err(load_error("no config.json in the model directory".into()));
         }
         let mut bridge = Bridge::start()?;
-        bridge.send(&json!({"op": "load", "path": dir}))?;
+        bridge.send(&json!({"op": "load", "path": dir, "dtype": dtype.as_str()}))?;
         let reply = bridge.recv().map_err(|e| match e {
             Error::Python { message } => load_error(message),
             other => other,
         })?;
         let info = &reply["info"];
         let count = |key: &str| info.get(key).and_then(Value::as_u64).map(|n| n as usize);
+        let text = |key: &str| info.get(key).and_then(Value::as_str).map(str::to_string);
         let mut info = ModelInfo::new(
             BACKEND_NAME,
             info["model_type"].as_str().unwrap_or_default(),
@@ -49,6 +60,9 @@ impl MlxLmModel {
         info.num_layers = count("num_layers");
         info.hidden_size = count("hidden_size");
         info.quantization_bits = count("quantization_bits").map(|b| b as u32);
+        info.weights_dtype = text("weights_dtype");
+        info.compute_dtype = text("compute_dtype");
+        info.blas = text("blas");
         Ok(MlxLmModel {
             bridge,
             info,

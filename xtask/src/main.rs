@@ -12,6 +12,7 @@
 mod bench;
 mod bench_batch;
 mod bench_ops;
+mod blas;
 mod build_mlx;
 mod default_model;
 mod fixtures;

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod chat_template;
 pub mod config;
+pub mod dtype;
 pub mod generate;
 pub mod gguf;
 mod model;

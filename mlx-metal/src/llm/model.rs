@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use inference::{
-    BatchOptions, BatchStream, Classification, ClassifyOptions, GenerateOptions, Input, Message,
-    Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource, TokenStream,
+    BatchOptions, BatchStream, Classification, ClassifyOptions, ComputeDtype, GenerateOptions,
+    Input, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource, TokenStream,
 };
 
 use crate::llm::batch::{self, BatchGeneration};
 use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
 use crate::llm::config::Config;
+use crate::llm::dtype::DtypeChoice;
 use crate::llm::generate::{Generation, PREFILL_STEP};
 use crate::llm::gguf;
 use crate::llm::models::{self, Architecture};
@@ -41,10 +42,16 @@ pub struct NativeModel {
 impl NativeModel {
     /// Loads a model directory (config.json, safetensors weights,
     /// tokenizer.json and, when present, the chat template) or a single
-    /// `.gguf` file.
+    /// `.gguf` file; computes in the default dtype ([`ComputeDtype::Auto`]).
     pub fn load(path: &Path) -> Result<NativeModel> {
+        Self::load_with_dtype(path, ComputeDtype::Auto)
+    }
+
+    /// [`load`](Self::load), computing in the type `dtype` resolves to
+    /// (see [`crate::llm::dtype`]).
+    pub fn load_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
         if path.is_file() {
-            return NativeModel::load_gguf(path);
+            return NativeModel::load_gguf_with_dtype(path, dtype);
         }
         if !path.is_dir() {
             return Err(Error::File {
@@ -54,18 +61,25 @@ impl NativeModel {
         }
         let (config, config_path) = Config::load(path)?;
         let tokenizer = Tokenizer::load(path, &config)?;
-        let arch = models::load(path, &config, &config_path)?;
-        NativeModel::assemble(path, config, arch, tokenizer)
+        let (arch, dtypes) = models::load_as(path, &config, &config_path, dtype)?;
+        NativeModel::assemble(path, config, arch, tokenizer, dtypes)
     }
 
-    /// Loads a GGUF file (see [`gguf`](crate::llm::gguf)).
+    /// Loads a GGUF file (see [`gguf`](crate::llm::gguf)); computes in the
+    /// default dtype.
     pub fn load_gguf(path: &Path) -> Result<NativeModel> {
+        Self::load_gguf_with_dtype(path, ComputeDtype::Auto)
+    }
+
+    /// [`load_gguf`](Self::load_gguf), computing in the type `dtype`
+    /// resolves to.
+    pub fn load_gguf_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
         let g = gguf::load(path)?;
         let tokenizer =
             Tokenizer::from_json(&g.tokenizer_json, &g.tokenizer_config, &g.config, path)?;
         let mut weights = Weights::from_tensors(path, g.tensors, &g.config)?;
-        let arch = models::build(&g.config, path, &mut weights)?;
-        NativeModel::assemble(path, g.config, arch, tokenizer)
+        let (arch, dtypes) = models::build_as(&g.config, path, &mut weights, dtype)?;
+        NativeModel::assemble(path, g.config, arch, tokenizer, dtypes)
     }
 
     fn assemble(
@@ -73,6 +87,7 @@ impl NativeModel {
         config: Config,
         arch: Box<dyn Architecture>,
         tokenizer: Tokenizer,
+        dtypes: DtypeChoice,
     ) -> Result<NativeModel> {
         let template = match tokenizer.chat_template() {
             Some((source, path)) => Some(ChatTemplate::new(source, path)?),
@@ -83,6 +98,9 @@ impl NativeModel {
         info.num_layers = Some(arch.num_layers());
         info.hidden_size = config.hidden_size.map(|h| h as usize);
         info.quantization_bits = config.quant()?.map(|q| q.bits as u32);
+        info.weights_dtype = dtypes.weights.map(|d| d.to_string());
+        info.compute_dtype = dtypes.compute.map(|d| d.to_string());
+        info.blas = Some(crate::blas_info().to_string());
         Ok(NativeModel {
             arch,
             tokenizer,

@@ -287,4 +287,38 @@ impl Weights {
     pub fn discard(&mut self, pred: impl Fn(&str) -> bool) {
         self.tensors.retain(|k, _| !pred(k));
     }
+
+    /// Applies the compute dtype: finds the weights' floating-point type
+    /// (the one holding the most elements; for quantised weights that is
+    /// their scales') and casts every floating-point tensor — dense
+    /// weights, norms, the scales and biases of quantised layers — to the
+    /// type `requested` resolves to (see [`crate::llm::dtype`]). Packed
+    /// quantised weights stay as they are. The cast is lazy: MLX converts
+    /// each tensor when it is first used.
+    pub fn apply_compute_dtype(
+        &mut self,
+        requested: inference::ComputeDtype,
+    ) -> Result<crate::llm::dtype::DtypeChoice> {
+        let mut sizes: Vec<(Dtype, usize)> = Vec::new();
+        for (a, _) in self.tensors.values().filter(|(a, _)| a.dtype().is_float()) {
+            match sizes.iter_mut().find(|(d, _)| *d == a.dtype()) {
+                Some((_, n)) => *n += a.size(),
+                None => sizes.push((a.dtype(), a.size())),
+            }
+        }
+        let stored = sizes.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d);
+        let on_cpu = crate::llm::dtype::default_device_is_cpu()?;
+        let target = crate::llm::dtype::resolve(requested, stored, on_cpu);
+        if let Some(target) = target {
+            for (a, _) in self.tensors.values_mut() {
+                if a.dtype().is_float() && a.dtype() != target {
+                    *a = a.astype(target)?;
+                }
+            }
+        }
+        Ok(crate::llm::dtype::DtypeChoice {
+            weights: stored,
+            compute: target.or(stored),
+        })
+    }
 }

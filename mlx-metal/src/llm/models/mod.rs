@@ -11,7 +11,10 @@ mod qwen3;
 
 use std::path::Path;
 
+use inference::ComputeDtype;
+
 use crate::llm::config::Config;
+use crate::llm::dtype::DtypeChoice;
 use crate::llm::weights::Weights;
 use crate::nn::cache::KvCache;
 use crate::{Array, Error, Result};
@@ -74,14 +77,26 @@ pub fn is_supported(model_type: &str) -> bool {
     supported().contains(&model_type)
 }
 
-/// Builds the architecture named by `config.model_type` from `dir`'s weights.
+/// Builds the architecture named by `config.model_type` from `dir`'s
+/// weights, computing in the default dtype ([`ComputeDtype::Auto`]).
 pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn Architecture>> {
+    Ok(load_as(dir, config, config_path, ComputeDtype::Auto)?.0)
+}
+
+/// [`load`] computing in the type `dtype` resolves to; also says which
+/// type the weights are stored in and which one the model computes in.
+pub fn load_as(
+    dir: &Path,
+    config: &Config,
+    config_path: &Path,
+    dtype: ComputeDtype,
+) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
     if !is_supported(&config.model_type) {
         return Err(unsupported(config, config_path));
     }
     let strip = (config.model_type == "gemma3_text").then_some("language_model.");
     let mut weights = Weights::load(dir, config, strip)?;
-    build(config, config_path, &mut weights)
+    build_as(config, config_path, &mut weights, dtype)
 }
 
 fn unsupported(config: &Config, config_path: &Path) -> Error {
@@ -91,16 +106,29 @@ fn unsupported(config: &Config, config_path: &Path) -> Error {
     }
 }
 
-/// Builds the architecture named by `config.model_type` from `weights`;
-/// `config_path` names the config in errors.
+/// Builds the architecture named by `config.model_type` from `weights`,
+/// computing in the default dtype; `config_path` names the config in errors.
 pub fn build(
     config: &Config,
     config_path: &Path,
     weights: &mut Weights,
 ) -> Result<Box<dyn Architecture>> {
+    Ok(build_as(config, config_path, weights, ComputeDtype::Auto)?.0)
+}
+
+/// [`build`] computing in the type `dtype` resolves to (applied to the
+/// weights here, for directories and GGUF files alike); also says which
+/// type the weights are stored in and which one the model computes in.
+pub fn build_as(
+    config: &Config,
+    config_path: &Path,
+    weights: &mut Weights,
+    dtype: ComputeDtype,
+) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
     let (_, loader) = FAMILIES
         .iter()
         .find(|(name, _)| *name == config.model_type)
         .ok_or_else(|| unsupported(config, config_path))?;
-    loader(config, weights)
+    let choice = weights.apply_compute_dtype(dtype)?;
+    Ok((loader(config, weights)?, choice))
 }
