@@ -36,6 +36,25 @@ impl<'m> Batch<'m> {
         prompts: &[&[u32]],
         chunk: usize,
     ) -> Result<(Batch<'m>, Array)> {
+        Batch::prefill_with(model, prompts, chunk, false)
+    }
+
+    /// The logits after each prompt, keeping no KV cache when the prompts
+    /// fit one forward pass (prefill-only work such as classification).
+    pub fn last_logits_only(
+        model: &'m dyn Architecture,
+        prompts: &[&[u32]],
+        chunk: usize,
+    ) -> Result<Array> {
+        Batch::prefill_with(model, prompts, chunk, true).map(|(_, logits)| logits)
+    }
+
+    fn prefill_with(
+        model: &'m dyn Architecture,
+        prompts: &[&[u32]],
+        chunk: usize,
+        transient: bool,
+    ) -> Result<(Batch<'m>, Array)> {
         if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
             return Err(Error::InvalidArgument(
                 "every prompt of a batch needs at least one token".into(),
@@ -50,14 +69,26 @@ impl<'m> Batch<'m> {
         }
         let (b, l) = (prompts.len() as i32, len as i32);
         let tokens = Array::from_slice(&ids, &[b, l])?;
+        let chunk = chunk.max(1) as i32;
+        let caches = if transient && l <= chunk {
+            model
+                .make_caches()
+                .iter()
+                .map(|c| KvCache::batch_transient(&left, c.window()))
+                .collect()
+        } else {
+            model.make_batch_caches(&left)
+        };
         let mut batch = Batch {
             model,
-            caches: model.make_batch_caches(&left),
+            caches,
             rows: prompts.len(),
         };
+        // Whole chunks while more than one chunk is left, then the rest in
+        // one pass whose last column alone goes through the output layer.
         let mut done = 0i32;
-        while l - done > 1 {
-            let n = (chunk.max(1) as i32).min(l - done - 1);
+        while l - done > chunk {
+            let n = chunk;
             model.hidden(&tokens.slice_axis(1, done, done + n)?, &mut batch.caches)?;
             let state: Vec<&Array> = batch.caches.iter().flat_map(|c| c.state()).collect();
             eval(&state)?;
@@ -148,14 +179,20 @@ pub fn classify(
     type Pending = (Vec<usize>, Array, Array, Option<Array>);
     let launch = |rows: &[usize]| -> Result<Pending> {
         let batch_prompts: Vec<&[u32]> = rows.iter().map(|&i| prompts[i].as_slice()).collect();
-        let (_, logits) = Batch::prefill(model, &batch_prompts, PREFILL_STEP)?;
+        let logits = Batch::last_logits_only(model, &batch_prompts, PREFILL_STEP)?;
         let logprobs = logits.subtract(&logits.logsumexp(&[-1], true)?)?;
         let vocab = logprobs.dim(-1)?;
         let k = vocab_k.min(vocab);
-        let top = logprobs
-            .negative()?
-            .argpartition(k - 1, -1)?
-            .slice_axis(-1, 0, k)?;
+        // argmax for the top token alone: a partition of the whole
+        // vocabulary costs far more on a GPU.
+        let top = if k == 1 {
+            logprobs.argmax(-1, true)?
+        } else {
+            logprobs
+                .negative()?
+                .argpartition(k - 1, -1)?
+                .slice_axis(-1, 0, k)?
+        };
         let top_lp = logprobs.take_along_axis(&top, -1)?;
         let labels = label_ids
             .as_ref()

@@ -140,6 +140,9 @@ pub struct BatchCache {
     /// Column of each row's first real token.
     left: Vec<i32>,
     window: Option<i32>,
+    /// Keeps nothing: one forward pass whose keys and values are not needed
+    /// afterwards (classification).
+    transient: bool,
 }
 
 impl KvCache {
@@ -149,6 +152,18 @@ impl KvCache {
         KvCache::Batch(BatchCache {
             left: left_padding.to_vec(),
             window,
+            ..Default::default()
+        })
+    }
+
+    /// A batch cache for a single forward pass whose keys and values are
+    /// not kept (prefill-only work such as classification): no buffer is
+    /// allocated or written; a second pass is an error.
+    pub fn batch_transient(left_padding: &[i32], window: Option<i32>) -> KvCache {
+        KvCache::Batch(BatchCache {
+            left: left_padding.to_vec(),
+            window,
+            transient: true,
             ..Default::default()
         })
     }
@@ -207,6 +222,15 @@ impl BatchCache {
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
         let prev = self.idx;
         let s = keys.dim(2)?;
+        if self.transient {
+            if prev > 0 {
+                return Err(Error::InvalidArgument(
+                    "a transient batch cache serves one forward pass".into(),
+                ));
+            }
+            self.idx = s;
+            return Ok((keys.clone(), values.clone()));
+        }
         let capacity = match &self.kv {
             Some((k, _)) => k.dim(2)?,
             None => 0,
