@@ -8,7 +8,12 @@
 //! `q{B}x{H}x{L}x{D}_kv{B}x{Hkv}x{S}x{D}`; embedding `ids{B}x{L}_table{V}x{D}`.
 //!
 //! `chain100_build` alone is not evaluated: it builds the 100-op graph of
-//! `chain100` and drops it, the cost of the Rust layer itself.
+//! `chain100` and drops it: the cost of building ops (this crate and MLX).
+//!
+//! Defaults suit a slow CPU: 10 samples, 0.5 s warm-up, 1.5 s measurement,
+//! flat sampling (every sample the same number of iterations, as the Python
+//! side does); criterion's command-line options override them. Tables are
+//! reported from the median (`target/criterion/**/new/estimates.json`).
 //!
 //! Every case's inputs are made (and evaluated) the first time criterion
 //! calls it, then the case runs once untimed (MLX's CUDA build compiles
