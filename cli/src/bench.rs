@@ -5,18 +5,22 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use inference::{GenerateOptions, LoadOptions};
+use inference::{ComputeDtype, GenerateOptions, LoadOptions};
 use serde_json::json;
 
 /// `mlx-infer bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory.
+    /// Model directory or .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Backend to time (default: the best available).
     #[arg(long)]
     backend: Option<String>,
+    /// Floating-point type to compute in (`auto`, `model`, `float32`,
+    /// `bfloat16`, `float16`; see `generate --help`).
+    #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
+    dtype: ComputeDtype,
     /// Tokens to generate per run (greedy).
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
@@ -41,12 +45,10 @@ pub fn run(args: BenchArgs) -> Result<i32> {
         }
         None => bail!("no prompt: pass --prompt TEXT or pipe it on stdin"),
     };
-    let mut model = match &args.backend {
-        Some(b) => {
-            inference::load_model_with(&args.model, LoadOptions::default().backend(b.clone()))?
-        }
-        None => inference::load_model(&args.model)?,
-    };
+    let mut opts = LoadOptions::default().dtype(args.dtype);
+    opts.backend = args.backend.clone();
+    let mut model = inference::load_model_with(&args.model, opts)?;
+    eprintln!("{}", crate::loading::summary(model.info()));
     let warm = GenerateOptions::default().max_tokens(4);
     model.generate(&prompt, &warm).collect_text()?;
     let opts = GenerateOptions::default().max_tokens(args.max_tokens);
@@ -57,6 +59,8 @@ pub fn run(args: BenchArgs) -> Result<i32> {
             "{}",
             json!({
                 "backend": model.info().backend,
+                "compute_dtype": model.info().compute_dtype,
+                "blas": model.info().blas,
                 "prompt_tokens": m.prompt_tokens,
                 "generated_tokens": m.generated_tokens,
                 "prompt_tps": m.prompt_tps,

@@ -6,22 +6,30 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use inference::{
-    CancellationToken, GenerateOptions, LoadOptions, Message, StopReason, TextModel, TokenStream,
+    CancellationToken, ComputeDtype, GenerateOptions, LoadOptions, Message, StopReason, TextModel,
+    TokenStream,
 };
 use serde_json::json;
 
 /// Exit status after Ctrl-C (128 + SIGINT).
-const INTERRUPTED: i32 = 130;
+pub const INTERRUPTED: i32 = 130;
 
 /// Options shared by `generate` and `chat`.
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// Model directory (default: MLX_INFER_MODEL, else the first model in the Hugging Face cache).
+    /// Model directory or .gguf file (default: MLX_INFER_MODEL, else the first model in the
+    /// Hugging Face cache, else the default model SmolLM2-135M-Instruct once fetched).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Force a backend (`mlx`, `metal`, `mlxlm`); default: the best available.
     #[arg(long)]
     backend: Option<String>,
+    /// Floating-point type to compute in: `auto` (float32 for bfloat16/float16
+    /// weights on a CPU, the weights' type on a GPU), `model` (the weights'
+    /// type), or `float32`, `bfloat16`, `float16`. Quantised weights stay
+    /// quantised; their scales follow.
+    #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
+    dtype: ComputeDtype,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -78,8 +86,30 @@ pub struct ChatArgs {
     common: CommonArgs,
 }
 
+/// Loads `model` (or the default one) with `backend` (or the best),
+/// computing in `dtype`, and says on stderr what was loaded and how it
+/// computes.
+pub fn load(
+    model: Option<PathBuf>,
+    backend: Option<&str>,
+    dtype: ComputeDtype,
+) -> Result<Box<dyn TextModel>> {
+    let dir = crate::model_path::resolve(model)?;
+    let mut opts = LoadOptions::default().dtype(dtype);
+    opts.backend = backend.map(str::to_string);
+    let model = inference::load_model_with(&dir, opts)?;
+    eprintln!("{}", crate::loading::summary(model.info()));
+    Ok(model)
+}
+
 impl CommonArgs {
-    fn options(&self, cancel: CancellationToken) -> GenerateOptions {
+    /// Whether `--json` was given.
+    pub fn json_lines(&self) -> bool {
+        self.json
+    }
+
+    /// The generation options, cancelled by `cancel`.
+    pub fn options(&self, cancel: CancellationToken) -> GenerateOptions {
         let mut o = GenerateOptions::default()
             .max_tokens(self.max_tokens)
             .temperature(self.temperature)
@@ -94,20 +124,14 @@ impl CommonArgs {
         o
     }
 
-    fn load(&self) -> Result<Box<dyn TextModel>> {
-        let dir = crate::model_path::resolve(self.model.clone())?;
-        let model = match &self.backend {
-            Some(name) => {
-                inference::load_model_with(&dir, LoadOptions::default().backend(name.clone()))
-            }
-            None => inference::load_model(&dir),
-        };
-        Ok(model?)
+    /// Loads the model these options name.
+    pub fn load(&self) -> Result<Box<dyn TextModel>> {
+        load(self.model.clone(), self.backend.as_deref(), self.dtype)
     }
 }
 
 /// Cancels `token` on Ctrl-C (installed once per process).
-fn cancel_on_ctrl_c() -> Result<CancellationToken> {
+pub fn cancel_on_ctrl_c() -> Result<CancellationToken> {
     let token = CancellationToken::new();
     let t = token.clone();
     ctrlc::set_handler(move || t.cancel()).context("cannot install the Ctrl-C handler")?;
@@ -134,6 +158,7 @@ fn stream_out(
     }
     if !json_lines && !reply.is_empty() && !reply.ends_with('\n') {
         writeln!(out)?;
+        out.flush()?;
     }
     Ok(stream.stop_reason())
 }

@@ -2,33 +2,12 @@
 //! against mlx_lm's recorded answers (fixtures from `cargo xtask fixtures`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    assert!(
-        dir.join("index.json").is_file(),
-        "no fixtures: run `cargo xtask fixtures`"
-    );
-    dir
-}
-
-fn models() -> Vec<PathBuf> {
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("index.json")).unwrap())
-            .unwrap();
-    let mut names: Vec<String> = index.as_object().unwrap().keys().cloned().collect();
-    names.sort();
-    names.into_iter().map(|n| fixtures().join(n)).collect()
-}
-
-fn reference(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
+use test_support::{fixture_models as models, fixtures, reference};
 
 fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlx-infer"));
@@ -101,12 +80,7 @@ fn check_done(lines: &[Value], r: &Value, part: &str) {
 
 /// The backends under test: the native one and mlxlm.
 fn backends() -> [&'static str; 2] {
-    let native = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "metal"
-    } else {
-        "mlx"
-    };
-    [native, "mlxlm"]
+    [inference::native_backend_name(), "mlxlm"]
 }
 
 /// Runs `mlx-infer <command> --json` greedily on every fixture with every
@@ -234,6 +208,8 @@ fn the_hugging_face_cache_supplies_a_default_model() {
         .env("HOME", &empty)
         .env_remove("HF_HOME")
         .env_remove("HF_HUB_CACHE")
+        .env_remove("MLX_INFER_CACHE")
+        .env_remove("XDG_CACHE_HOME")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -259,6 +235,8 @@ fn a_bad_model_directory_is_one_error_line() {
     );
 }
 
+/// The CLI's Python child, from `/proc` (Linux only).
+#[cfg(target_os = "linux")]
 fn python_child(pid: u32) -> Option<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     children.split_whitespace().next()?.parse().ok()
@@ -312,6 +290,7 @@ fn wait_with_deadline(
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn killing_the_python_process_is_an_error_within_a_second() {
     let (mut child, stdout) = start_long_generation("mlxlm");

@@ -1,5 +1,7 @@
 //! `mlx-infer chat` on a terminal: an interactive conversation that keeps
-//! its history (run under `script`, which gives the program a pty).
+//! its history (run under util-linux `script`, which gives the program a
+//! pty; Linux only).
+#![cfg(target_os = "linux")]
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -4,6 +4,21 @@ use std::path::Path;
 
 use crate::{LoadOptions, TextModel};
 
+/// The name of the in-process MLX backend on this platform: `metal` on
+/// macOS with Apple silicon, `mlx` everywhere else (Linux CPU or CUDA).
+///
+/// ```
+/// let name = inference::native_backend_name();
+/// assert!(name == "metal" || name == "mlx");
+/// ```
+pub const fn native_backend_name() -> &'static str {
+    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        "metal"
+    } else {
+        "mlx"
+    }
+}
+
 /// What a backend reports about itself for listings such as
 /// `mlx-infer backends`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,6 +31,12 @@ pub struct BackendStatus {
     pub version: Option<String>,
     /// The device it computes on.
     pub device: Option<String>,
+    /// The BLAS library behind its CPU matrix products, when it has one
+    /// (e.g. `OpenBLAS 0.3.21, 2 threads` or `reference`).
+    pub blas: Option<String>,
+    /// What [`ComputeDtype::Auto`](crate::ComputeDtype::Auto) computes in
+    /// here (e.g. `float32 for bfloat16/float16 weights`).
+    pub dtype: Option<String>,
 }
 
 impl BackendStatus {
@@ -26,7 +47,21 @@ impl BackendStatus {
             reason: None,
             version: Some(version.into()),
             device: Some(device.into()),
+            blas: None,
+            dtype: None,
         }
+    }
+
+    /// Adds the BLAS library in use.
+    pub fn with_blas(mut self, blas: impl Into<String>) -> Self {
+        self.blas = Some(blas.into());
+        self
+    }
+
+    /// Adds what the default compute dtype resolves to.
+    pub fn with_dtype(mut self, dtype: impl Into<String>) -> Self {
+        self.dtype = Some(dtype.into());
+        self
     }
 
     /// An unavailable backend and why.
@@ -99,3 +134,13 @@ impl BackendRegistration {
 }
 
 inventory::collect!(BackendRegistration);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_native_backend_is_named_for_the_platform() {
+        let on_apple_silicon = cfg!(target_os = "macos") && cfg!(target_arch = "aarch64");
+        let expected = if on_apple_silicon { "metal" } else { "mlx" };
+        assert_eq!(super::native_backend_name(), expected);
+    }
+}

@@ -8,6 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong when choosing a backend, loading a model or
 /// generating. Backend crates convert their own errors into this type.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The model directory is missing, unreadable or malformed.
     #[error("{path}: {message}")]
@@ -51,6 +52,9 @@ pub enum Error {
         backend: String,
         /// The backend's own message.
         message: String,
+        /// The backend's own error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// Invalid options or arguments.
     #[error("invalid argument: {0}")]
@@ -79,6 +83,19 @@ impl Error {
         Error::Backend {
             backend: backend.into(),
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure carrying the backend's own error as its source.
+    pub fn from_backend(
+        backend: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Backend {
+            backend: backend.into(),
+            message: source.to_string(),
+            source: Some(Box::new(source)),
         }
     }
 }

@@ -21,8 +21,10 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod batch;
 pub mod discover;
 mod error;
+pub mod gguf;
 mod message;
 mod model;
 mod options;
@@ -30,11 +32,15 @@ mod registry;
 mod stop;
 mod stream;
 
-pub use backend::{Backend, BackendRegistration, BackendStatus};
+pub use backend::{native_backend_name, Backend, BackendRegistration, BackendStatus};
+pub use batch::{
+    BatchEvent, BatchOptions, BatchStream, Classification, ClassifyOptions, Completion, Input,
+    TokenScore,
+};
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};
-pub use options::{GenerateOptions, LoadOptions};
+pub use options::{ComputeDtype, GenerateOptions, LoadOptions};
 pub use registry::{backends, load_model, load_model_with, select_backend};
 pub use stop::StopStrings;
 pub use stream::{StopReason, Token, TokenSource, TokenStream};

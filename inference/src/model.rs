@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{GenerateOptions, Message, TokenStream};
+use crate::{
+    BatchEvent, BatchOptions, BatchStream, Classification, ClassifyOptions, Completion,
+    GenerateOptions, Input, Message, StopReason, TokenStream,
+};
 
 /// What a loaded model is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModelInfo {
     /// The backend serving it.
     pub backend: String,
@@ -23,10 +27,38 @@ pub struct ModelInfo {
     pub hidden_size: Option<usize>,
     /// Quantisation bits, when the weights are quantised.
     pub quantization_bits: Option<u32>,
+    /// The floating-point type of the weights as stored (`bfloat16`,
+    /// `float16`, `float32`; for quantised weights, their scales'), when
+    /// known.
+    pub weights_dtype: Option<String>,
+    /// The floating-point type the model computes in, after
+    /// [`LoadOptions::dtype`](crate::LoadOptions::dtype), when known.
+    pub compute_dtype: Option<String>,
+    /// The BLAS library behind the backend's CPU matrix products (e.g.
+    /// `OpenBLAS 0.3.21, 2 threads`), when known.
+    pub blas: Option<String>,
+}
+
+impl ModelInfo {
+    /// What `backend` knows of the `architecture` model at `path`; the
+    /// optional figures start unknown.
+    pub fn new(
+        backend: impl Into<String>,
+        architecture: impl Into<String>,
+        path: impl Into<PathBuf>,
+    ) -> ModelInfo {
+        ModelInfo {
+            backend: backend.into(),
+            architecture: architecture.into(),
+            path: path.into(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Figures from the most recent generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Metrics {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
@@ -53,6 +85,67 @@ pub trait TextModel: Send {
     /// Streams the reply to a conversation rendered with the model's own
     /// chat template.
     fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a>;
+
+    /// The next-token distribution after each input: the top token, the
+    /// top-k and label probabilities as `opts` asks, in input order.
+    /// Backends that cannot batch answer one input at a time; the default
+    /// answers [`Unsupported`](crate::Error::Unsupported).
+    fn classify(
+        &mut self,
+        inputs: &[Input],
+        opts: &ClassifyOptions,
+    ) -> crate::Result<Vec<Classification>> {
+        let _ = (inputs, opts);
+        Err(crate::Error::Unsupported(format!(
+            "the {} backend cannot classify",
+            self.info().backend
+        )))
+    }
+
+    /// Completions of many inputs, streamed as `(index, token)` events as
+    /// rows produce them and a [`Completion`] as each row stops. The
+    /// default generates one input after the other.
+    fn generate_batch<'a>(
+        &'a mut self,
+        inputs: &[Input],
+        opts: &GenerateOptions,
+        batch: &BatchOptions,
+    ) -> BatchStream<'a> {
+        let _ = batch;
+        let mut events = Vec::new();
+        for (index, input) in inputs.iter().enumerate() {
+            let mut stream = match input {
+                Input::Prompt(p) => self.generate(p, opts),
+                Input::Chat(m) => self.chat(m, opts),
+            };
+            let mut ids = Vec::new();
+            let mut text = String::new();
+            for token in stream.by_ref() {
+                match token {
+                    Ok(token) => {
+                        ids.push(token.id);
+                        text.push_str(&token.text);
+                        events.push(Ok(BatchEvent::Token { index, token }));
+                    }
+                    Err(e) => {
+                        events.push(Err(e));
+                        return BatchStream::new(events.into_iter());
+                    }
+                }
+            }
+            let reason = stream.stop_reason().unwrap_or(StopReason::MaxTokens);
+            drop(stream);
+            let prompt_tokens = self.metrics().prompt_tokens;
+            events.push(Ok(BatchEvent::Done(Completion::new(
+                index,
+                ids,
+                text,
+                reason,
+                prompt_tokens,
+            ))));
+        }
+        BatchStream::new(events.into_iter())
+    }
 
     /// Figures from the most recent generation.
     fn metrics(&self) -> Metrics;

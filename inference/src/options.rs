@@ -1,13 +1,27 @@
 //! Options for loading models and for generation.
 
+use std::fmt;
+use std::str::FromStr;
+
 use tokio_util::sync::CancellationToken;
 
 /// How a model directory is loaded.
+///
+/// ```
+/// use inference::{ComputeDtype, LoadOptions};
+///
+/// let opts = LoadOptions::default().backend("mlx").dtype(ComputeDtype::Model);
+/// assert_eq!(opts.dtype, ComputeDtype::Model);
+/// assert_eq!(LoadOptions::default().dtype, ComputeDtype::Auto);
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Force a backend by name (`"mlx"`, `"metal"`, `"mlxlm"`); `None` picks
     /// the highest-priority available backend.
     pub backend: Option<String>,
+    /// The floating-point type the model computes in.
+    pub dtype: ComputeDtype,
 }
 
 impl LoadOptions {
@@ -15,6 +29,94 @@ impl LoadOptions {
     pub fn backend(mut self, name: impl Into<String>) -> Self {
         self.backend = Some(name.into());
         self
+    }
+
+    /// Set [`dtype`](Self::dtype).
+    pub fn dtype(mut self, dtype: ComputeDtype) -> Self {
+        self.dtype = dtype;
+        self
+    }
+}
+
+/// The floating-point type a model computes in. Floating-point weights
+/// (dense weights, norms, and the scales and biases of quantised layers)
+/// are cast to it when the model is loaded; quantised weights stay
+/// quantised. Activations follow the weights.
+///
+/// Names (for [`FromStr`] and `--dtype`): `auto`, `model`, `float32`,
+/// `bfloat16`, `float16`.
+///
+/// ```
+/// use inference::ComputeDtype;
+///
+/// let d: ComputeDtype = "float32".parse()?;
+/// assert_eq!(d, ComputeDtype::Float32);
+/// assert_eq!(d.to_string(), "float32");
+/// assert!("double".parse::<ComputeDtype>().is_err());
+/// # Ok::<(), inference::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ComputeDtype {
+    /// float32 when the weights are bfloat16/float16 and the model runs on a
+    /// CPU (which has no fast half-precision matrix product, while float32
+    /// ones go through BLAS); the weights' own type on GPUs and for float32
+    /// weights.
+    #[default]
+    Auto,
+    /// The weights' own type, everywhere (what mlx_lm does).
+    Model,
+    /// float32.
+    Float32,
+    /// bfloat16.
+    Bfloat16,
+    /// float16.
+    Float16,
+}
+
+impl ComputeDtype {
+    /// Every value, in the order of their names in [`NAMES`](Self::NAMES).
+    pub const ALL: [ComputeDtype; 5] = [
+        ComputeDtype::Auto,
+        ComputeDtype::Model,
+        ComputeDtype::Float32,
+        ComputeDtype::Bfloat16,
+        ComputeDtype::Float16,
+    ];
+
+    /// The accepted names.
+    pub const NAMES: [&'static str; 5] = ["auto", "model", "float32", "bfloat16", "float16"];
+
+    /// The name (`auto`, `model`, `float32`, `bfloat16`, `float16`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeDtype::Auto => "auto",
+            ComputeDtype::Model => "model",
+            ComputeDtype::Float32 => "float32",
+            ComputeDtype::Bfloat16 => "bfloat16",
+            ComputeDtype::Float16 => "float16",
+        }
+    }
+}
+
+impl fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ComputeDtype {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        ComputeDtype::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                crate::Error::InvalidArgument(format!(
+                    "unknown dtype `{s}` (expected one of: {})",
+                    ComputeDtype::NAMES.join(", ")
+                ))
+            })
     }
 }
 
@@ -35,6 +137,7 @@ impl LoadOptions {
 /// assert!(!opts.is_greedy());
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// Most tokens to generate.
     pub max_tokens: usize,
@@ -200,6 +303,25 @@ mod tests {
         assert!(e.to_string().contains("temperature"), "{e}");
         let e = GenerateOptions::default().stop("").validate().unwrap_err();
         assert!(e.to_string().contains("stop"), "{e}");
+    }
+
+    #[test]
+    fn compute_dtypes_parse_their_names_and_reject_others() {
+        for (d, name) in ComputeDtype::ALL.iter().zip(ComputeDtype::NAMES) {
+            assert_eq!(name.parse::<ComputeDtype>().unwrap(), *d);
+            assert_eq!(d.to_string(), name);
+        }
+        assert_eq!(ComputeDtype::default(), ComputeDtype::Auto);
+        for bad in ["", "f32", "Float32", "bf16", "float64", "auto "] {
+            let e = bad.parse::<ComputeDtype>().unwrap_err();
+            assert!(matches!(e, crate::Error::InvalidArgument(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("`{bad}`")), "{text}");
+            assert!(
+                text.contains("auto, model, float32, bfloat16, float16"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -51,13 +51,8 @@ pub fn select_backend(
     dir: &Path,
     opts: &LoadOptions,
 ) -> Result<Box<dyn TextModel>> {
-    if !dir.is_dir() {
-        let message = if dir.exists() {
-            "not a directory"
-        } else {
-            "no such model directory"
-        };
-        return Err(Error::invalid_model(dir, message));
+    if !dir.exists() {
+        return Err(Error::invalid_model(dir, crate::gguf::missing_model(dir)));
     }
     if let Some(name) = &opts.backend {
         let backend = candidates

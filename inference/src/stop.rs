@@ -14,7 +14,7 @@ use crate::Token;
 /// use inference::{StopStrings, Token};
 ///
 /// let mut stops = StopStrings::new(&["\n\n".to_string()]);
-/// let t = |id, s: &str| Token { id, text: s.into() };
+/// let t = |id, s: &str| Token::new(id, s);
 /// assert_eq!(stops.push(t(1, "Hi")).0.len(), 1);
 /// assert!(stops.push(t(2, "!\n")).0.is_empty(), "might start \\n\\n: held");
 /// let (out, stopped) = stops.push(t(3, "\nBye"));

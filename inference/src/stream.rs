@@ -1,9 +1,14 @@
 //! Streamed tokens and why a stream stopped.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
+
+use crate::StopStrings;
 
 /// One generated token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Token {
     /// The vocabulary id.
     pub id: u32,
@@ -12,8 +17,19 @@ pub struct Token {
     pub text: String,
 }
 
+impl Token {
+    /// A token with its id and the text it adds.
+    pub fn new(id: u32, text: impl Into<String>) -> Token {
+        Token {
+            id,
+            text: text.into(),
+        }
+    }
+}
+
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The model produced an end-of-sequence token.
@@ -55,30 +71,51 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// What a backend implements to produce a [`TokenStream`].
+/// What a backend implements to produce a [`TokenStream`]: tokens with
+/// their final text, in order. Stop strings are not the source's concern;
+/// the stream applies them.
 pub trait TokenSource {
     /// The next token, an error (after which the stream ends), or `None`
     /// when generation has stopped.
     fn next_token(&mut self) -> Option<crate::Result<Token>>;
     /// Why generation stopped, once it has.
     fn stop_reason(&self) -> Option<StopReason>;
+    /// The stream reached a stop string: stop generating (no further
+    /// `next_token` calls follow).
+    fn stop(&mut self) {}
 }
 
 /// A stream of generated tokens: a plain iterator of `Result<Token>`.
 ///
-/// After the last item, [`stop_reason`](Self::stop_reason) says why it
-/// ended. An error ends the stream.
+/// Stop strings are applied here, once for every backend: text that might
+/// begin a stop string is held back until the following text decides, and
+/// the stream ends before the first stop string. After the last item,
+/// [`stop_reason`](Self::stop_reason) says why it ended. An error ends the
+/// stream.
 pub struct TokenStream<'a> {
     source: Option<Box<dyn TokenSource + 'a>>,
     failed: Option<crate::Error>,
+    stops: StopStrings,
+    ready: VecDeque<Token>,
+    stopped: bool,
+    drained: bool,
 }
 
 impl<'a> TokenStream<'a> {
     /// Wraps a backend's token source.
     pub fn new(source: impl TokenSource + 'a) -> Self {
+        TokenStream::with_stops(source, &[])
+    }
+
+    /// Wraps a backend's token source, ending before the first of `stops`.
+    pub fn with_stops(source: impl TokenSource + 'a, stops: &[String]) -> Self {
         TokenStream {
             source: Some(Box::new(source)),
             failed: None,
+            stops: StopStrings::new(stops),
+            ready: VecDeque::new(),
+            stopped: false,
+            drained: false,
         }
     }
 
@@ -87,11 +124,21 @@ impl<'a> TokenStream<'a> {
         TokenStream {
             source: None,
             failed: Some(error),
+            stops: StopStrings::default(),
+            ready: VecDeque::new(),
+            stopped: false,
+            drained: true,
         }
     }
 
     /// Why generation stopped; `None` while running or after an error.
     pub fn stop_reason(&self) -> Option<StopReason> {
+        if !self.ready.is_empty() || !self.drained {
+            return None;
+        }
+        if self.stopped {
+            return self.source.as_ref().map(|_| StopReason::Stop);
+        }
         self.source.as_ref().and_then(|s| s.stop_reason())
     }
 
@@ -112,11 +159,36 @@ impl Iterator for TokenStream<'_> {
         if let Some(e) = self.failed.take() {
             return Some(Err(e));
         }
-        let item = self.source.as_mut()?.next_token();
-        if let Some(Err(_)) = &item {
-            self.source = None;
+        loop {
+            if let Some(t) = self.ready.pop_front() {
+                return Some(Ok(t));
+            }
+            if self.drained {
+                return None;
+            }
+            let source = self.source.as_mut()?;
+            match source.next_token() {
+                Some(Ok(token)) => {
+                    let (out, hit) = self.stops.push(token);
+                    self.ready.extend(out);
+                    if hit {
+                        source.stop();
+                        self.stopped = true;
+                        self.drained = true;
+                    }
+                }
+                Some(Err(e)) => {
+                    self.source = None;
+                    self.drained = true;
+                    self.ready.clear();
+                    return Some(Err(e));
+                }
+                None => {
+                    self.ready.extend(self.stops.finish());
+                    self.drained = true;
+                }
+            }
         }
-        item
     }
 }
 
@@ -176,6 +248,55 @@ mod tests {
         let mut s = TokenStream::failed(crate::Error::Unsupported("x".into()));
         assert!(matches!(s.next(), Some(Err(crate::Error::Unsupported(_)))));
         assert!(s.next().is_none());
+    }
+
+    /// Emits the given texts, then stops with `MaxTokens`; records a stop.
+    struct Texts {
+        texts: Vec<&'static str>,
+        at: usize,
+        stopped: bool,
+    }
+
+    impl TokenSource for Texts {
+        fn next_token(&mut self) -> Option<crate::Result<Token>> {
+            assert!(!self.stopped, "no token is asked for after a stop");
+            let text = self.texts.get(self.at)?;
+            self.at += 1;
+            Some(Ok(Token {
+                id: self.at as u32,
+                text: text.to_string(),
+            }))
+        }
+        fn stop_reason(&self) -> Option<StopReason> {
+            (self.at == self.texts.len()).then_some(StopReason::MaxTokens)
+        }
+        fn stop(&mut self) {
+            self.stopped = true;
+        }
+    }
+
+    #[test]
+    fn stop_strings_end_the_stream_for_any_source() {
+        let source = Texts {
+            texts: vec!["Hello", " wor", "ld. EN", "D here", " more"],
+            at: 0,
+            stopped: false,
+        };
+        let mut s = TokenStream::with_stops(source, &["END".to_string()]);
+        let text: String = s.by_ref().map(|t| t.unwrap().text).collect();
+        assert_eq!(text, "Hello world. ");
+        assert_eq!(s.stop_reason(), Some(StopReason::Stop));
+
+        // Held text is released when the source ends without a stop.
+        let source = Texts {
+            texts: vec!["a", "E", "N"],
+            at: 0,
+            stopped: false,
+        };
+        let mut s = TokenStream::with_stops(source, &["END".to_string()]);
+        let text: String = s.by_ref().map(|t| t.unwrap().text).collect();
+        assert_eq!(text, "aEN");
+        assert_eq!(s.stop_reason(), Some(StopReason::MaxTokens));
     }
 
     #[test]

@@ -26,19 +26,19 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode};
 use inference::GenerateOptions;
 use mlx_metal::fast::{self, AttentionMask};
-use mlx_metal::llm::cache::{KvCache, Mask};
 use mlx_metal::llm::config::Config;
-use mlx_metal::llm::layers::{Activation, Attention, AttentionShape, AttentionSpec, Mlp, QkNorm};
 use mlx_metal::llm::sampler::Sampler;
 use mlx_metal::llm::weights::Weights;
+use mlx_metal::nn::activation::Activation;
+use mlx_metal::nn::cache::{KvCache, Mask};
+use mlx_metal::nn::{Attention, AttentionConfig, Heads, Mlp, QkNorm, QkvLayout};
 use mlx_metal::nn::{Embedding, Linear, RmsNorm, Rope};
-use mlx_metal::{random, save_safetensors, Array, Device, Dtype, Result};
+use mlx_metal::{random, Array, Device, Dtype, Result};
 
 /// Width of the single-op cases' model (a Llama-style 2048-wide model with
 /// 32 query heads and 4 KV heads of 64, vocabulary 32000).
@@ -373,24 +373,25 @@ fn random_block() -> Result<Block> {
     ] {
         tensors.insert(format!("layer.{name}"), array);
     }
-    let dir = TempDir::new()?;
-    save_safetensors(dir.0.join("model.safetensors"), &tensors, &HashMap::new())?;
-    let config: Config = serde_json::from_value(serde_json::json!({"model_type": "qwen3"}))
-        .map_err(|e| mlx_metal::Error::InvalidArgument(e.to_string()))?;
-    let mut w = Weights::load(&dir.0, &config, None)?;
+    let source = std::path::Path::new("bench-layer");
+    let config = Config::from_value(serde_json::json!({"model_type": "qwen3"}), source)?;
+    let mut w = Weights::from_tensors(source, tensors, &config)?;
     let eps = 1e-6;
-    let spec = AttentionSpec {
-        shape: AttentionShape {
+    let spec = AttentionConfig {
+        heads: Heads {
             hidden: h,
             heads: LAYER_HEADS,
             kv_heads: LAYER_KV_HEADS,
             head_dim: d,
         },
-        bias: false,
+        layout: QkvLayout::Separate,
+        qkv_bias: false,
+        o_bias: false,
         qk_norm: QkNorm::Plain,
         eps,
         rope: Rope::new(d, 1_000_000.0, false, 1.0),
         scale: (d as f32).powf(-0.5),
+        softcap: None,
     };
     let block = Block {
         attn: Attention::load(&mut w, "layer.self_attn", &spec)?,
@@ -416,26 +417,6 @@ fn context_cache() -> Result<KvCache> {
     cache.update_and_fetch(&k, &v)?;
     mlx_metal::eval(&cache.state())?;
     Ok(cache)
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("mlx-metal-opsbench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| mlx_metal::Error::File {
-            path: dir.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Overhead: one decoder block's graph at decode shape (B=1, one token,

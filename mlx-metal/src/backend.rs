@@ -24,10 +24,18 @@ impl Backend for MlxBackend {
 
     fn status(&self) -> BackendStatus {
         BackendStatus::available(mlx_version(), device_description())
+            .with_blas(crate::blas_info().to_string())
+            .with_dtype(crate::llm::dtype::auto_description())
     }
 
-    fn load(&self, dir: &Path, _opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        Ok(Box::new(NativeModel::load(dir)?))
+    /// A model directory with a config.json, or a GGUF file.
+    fn accepts(&self, path: &Path) -> bool {
+        path.join("config.json").is_file()
+            || (inference::gguf::is_gguf(path) && crate::llm::gguf::inspect(path).is_ok())
+    }
+
+    fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
+        Ok(Box::new(NativeModel::load_with_dtype(dir, opts.dtype)?))
     }
 }
 

@@ -21,7 +21,7 @@ pub enum Error {
     /// The model's architecture is not one this crate runs.
     #[error(
         "{path}: model_type `{model_type}` is not supported natively (supported: {})",
-        crate::llm::models::SUPPORTED.join(", ")
+        crate::llm::models::supported().join(", ")
     )]
     UnsupportedModel {
         /// The config.json naming it.
@@ -45,7 +45,7 @@ impl From<Error> for inference::Error {
             Error::File { path, message } => inference::Error::InvalidModel { path, message },
             Error::InvalidArgument(m) => inference::Error::InvalidArgument(m),
             e @ Error::UnsupportedModel { .. } => inference::Error::Unsupported(e.to_string()),
-            other => inference::Error::backend(crate::backend_name(), other.to_string()),
+            other => inference::Error::from_backend(crate::backend_name(), other),
         }
     }
 }

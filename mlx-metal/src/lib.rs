@@ -24,34 +24,36 @@
 
 mod array;
 mod backend;
+mod blas;
 mod closure;
 mod compile;
 mod device;
 mod dtype;
 mod error;
 pub mod fast;
+mod io;
 pub mod llm;
 mod memory;
 pub mod nn;
 mod ops;
 pub mod random;
 mod runtime;
-mod safetensors;
 mod status;
 mod transforms;
 mod vector;
 
 pub use array::{Array, Element};
 pub use backend::{ensure_registered, MlxBackend};
+pub use blas::{blas_info, BlasInfo, BlasKind};
 pub use compile::{compile, Compiled};
 pub use device::{Device, DeviceType, Stream};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
+pub use io::{load_gguf_tensors, load_safetensors, save_safetensors, Safetensors};
 pub use memory::{
     active_memory, cache_memory, clear_cache, memory_limit, peak_memory, reset_peak_memory,
     set_cache_limit, set_memory_limit,
 };
 pub use ops::QuantizedWeight;
 pub use runtime::{backend_name, gpu_available, metal_available, mlx_version};
-pub use safetensors::{load_safetensors, save_safetensors, Safetensors};
 pub use transforms::{async_eval, eval, value_and_grad, vjp};

@@ -13,7 +13,7 @@ pub fn mlx_version() -> String {
 
 /// True only on macOS on Apple silicon with a Metal device that MLX can use.
 pub fn metal_available() -> bool {
-    if !cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+    if backend_name() != "metal" {
         return false;
     }
     init();
@@ -30,11 +30,7 @@ pub fn gpu_available() -> bool {
 /// The name this crate's backend registers under: `metal` on macOS with
 /// Apple silicon, `mlx` elsewhere.
 pub fn backend_name() -> &'static str {
-    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "metal"
-    } else {
-        "mlx"
-    }
+    inference::native_backend_name()
 }
 
 /// A short description of the device MLX computes on by default.

@@ -35,15 +35,16 @@ extern "C" fn handler(msg: *const c_char, _data: *mut c_void) {
     });
 }
 
-/// Installs the error handler once per process. Every entry point into
-/// mlx-c calls this first, so MLX's default handler (print and `exit`) never
-/// runs.
+/// Installs the error handler once per process, and sizes BLAS's thread
+/// pool (see [`crate::blas`]). Every entry point into mlx-c calls this
+/// first, so MLX's default handler (print and `exit`) never runs.
 pub(crate) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         // SAFETY: `handler` is a plain function valid for the whole process and
         // takes no data, so no destructor is needed.
         unsafe { sys::mlx_set_error_handler(Some(handler), std::ptr::null_mut(), None) };
+        crate::blas::configure_threads();
     });
 }
 

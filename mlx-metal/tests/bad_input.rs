@@ -90,6 +90,45 @@ fn bad_config_is_named() {
     assert!(load_err(&dir).to_string().contains("head_dim"));
 }
 
+/// Every family: a required key removed, and a key of the wrong type, are
+/// errors naming config.json and the key.
+#[test]
+fn missing_and_mistyped_keys_name_config_json_and_the_key() {
+    for family in [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma2",
+        "gemma3_text",
+    ] {
+        for (case, edit) in [
+            ("missing", None),
+            ("mistyped", Some(serde_json::json!("four"))),
+        ] {
+            let dir = copy_model(&fixtures().join(family), &format!("{family}-{case}"));
+            let path = dir.join("config.json");
+            let mut cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let obj = cfg.as_object_mut().unwrap();
+            // gemma3_text has a default for every key: only a wrong type fails.
+            if family == "gemma3_text" && edit.is_none() {
+                continue;
+            }
+            match &edit {
+                None => obj.remove("num_attention_heads"),
+                Some(v) => obj.insert("num_attention_heads".into(), v.clone()),
+            };
+            std::fs::write(&path, cfg.to_string()).unwrap();
+            let e = load_err(&dir);
+            let (file, msg) = file_error(&e);
+            assert_eq!(file, &path, "{family} {case}: {e}");
+            assert!(msg.contains("num_attention_heads"), "{family} {case}: {e}");
+        }
+    }
+}
+
 #[test]
 fn a_missing_tensor_is_named() {
     let dir = copy_model(&fixtures().join("llama"), "missing-tensor");
@@ -234,7 +273,7 @@ fn half_precision_weights_keep_their_dtype() {
         });
         let st = load_safetensors(dir.join("model.safetensors")).unwrap();
         assert!(st.tensors.values().all(|a| a.dtype() == dtype));
-        let mut model = NativeModel::load(&dir).unwrap();
+        let mut model = NativeModel::load_with_dtype(&dir, inference::ComputeDtype::Model).unwrap();
         let ids = Array::from_slice(&[1i32, 2, 3], &[1, 3]).unwrap();
         let mut caches = model.architecture().make_caches();
         let logits = model.architecture().forward(&ids, &mut caches).unwrap();

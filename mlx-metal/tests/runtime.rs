@@ -9,8 +9,7 @@ use mlx_metal::{random, Array, Device, DeviceType, Dtype, Stream};
 fn cpu_is_available_and_metal_only_on_apple_silicon() {
     assert!(Device::cpu().is_available());
     assert_eq!(Device::cpu().kind().unwrap(), DeviceType::Cpu);
-    let on_apple = cfg!(all(target_os = "macos", target_arch = "aarch64"));
-    if !on_apple {
+    if inference::native_backend_name() != "metal" {
         assert!(!mlx_metal::metal_available());
     }
     let s = Stream::default_for(&Device::cpu()).unwrap();
@@ -25,16 +24,11 @@ fn gpu_answer_matches_the_device_query() {
 
 #[test]
 fn backend_registers_under_the_platform_name() {
-    let expected = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "metal"
-    } else {
-        "mlx"
-    };
-    assert_eq!(mlx_metal::backend_name(), expected);
+    assert_eq!(mlx_metal::backend_name(), inference::native_backend_name());
     let all = inference::backends();
     let b = all
         .iter()
-        .find(|b| b.name() == expected)
+        .find(|b| b.name() == inference::native_backend_name())
         .expect("registered");
     let status = b.status();
     assert!(status.available);

@@ -73,3 +73,73 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
         "{e}"
     );
 }
+
+/// A safetensors file from a header (JSON) and `data` bytes.
+fn with_header(name: &str, header: &str, data: usize) -> std::path::PathBuf {
+    let path = temp(name);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, data));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn headers_are_checked_before_mlx_reads_them() {
+    use mlx_metal::llm::weights::check_header;
+    let ok = with_header(
+        "ok.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+        12,
+    );
+    check_header(&ok).unwrap();
+    let cases = [
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            "b",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            "corrupt header",
+        ),
+        (
+            r#"{"huge":{"dtype":"U8","shape":[4294967360],"data_offsets":[0,4294967360]}}"#,
+            "tensor `huge` has shape [4294967360]",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}}"#,
+            "truncated: tensor `a` ends at byte 32",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":"2","data_offsets":[0,8]}}"#,
+            "corrupt header",
+        ),
+    ];
+    for (i, (header, expected)) in cases.iter().enumerate() {
+        let path = with_header(&format!("bad{i}.safetensors"), header, 12);
+        let e = check_header(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains(expected), "expected {expected:?} in {e}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+
+    /// Any byte of a valid file changed, or the file cut short: checked or
+    /// refused, never a panic or an allocation from the length field.
+    #[test]
+    fn mutated_headers_never_panic(at in 0usize..200, value in proptest::prelude::any::<u8>(), cut in 0usize..220) {
+        let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"format":"pt"}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend([0u8; 8]);
+        let at = at % bytes.len();
+        bytes[at] = value;
+        bytes.truncate(cut.min(bytes.len()));
+        let path = temp(&format!("fuzz-{at}-{cut}.safetensors"));
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = mlx_metal::llm::weights::check_header(&path);
+        let _ = std::fs::remove_file(&path);
+    }
+}

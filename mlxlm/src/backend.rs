@@ -33,8 +33,8 @@ impl Backend for MlxLmBackend {
         }
     }
 
-    fn load(&self, dir: &Path, _opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        Ok(Box::new(MlxLmModel::load(dir)?))
+    fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
+        Ok(Box::new(MlxLmModel::load_with_dtype(dir, opts.dtype)?))
     }
 }
 

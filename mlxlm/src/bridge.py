@@ -2,7 +2,7 @@
 
 Speaks JSON lines: one request per line on stdin, replies on stdout.
 
-  {"op": "load", "path": DIR}
+  {"op": "load", "path": DIR, "dtype": "auto"|"model"|"float32"|"bfloat16"|"float16"}
       -> {"ok": true, "info": {...}} | {"error": MESSAGE}
   {"op": "generate", "prompt": TEXT, "options": {...}}
   {"op": "generate", "messages": [{"role", "content"}...], "options": {...}}
@@ -11,13 +11,18 @@ Speaks JSON lines: one request per line on stdin, replies on stdout.
           "generated_tokens": N, "prompt_tps": X, "generation_tps": X,
           "peak_memory_bytes": N}
        | {"error": MESSAGE}
+  {"op": "classify", "inputs": [{"prompt"} | {"messages"}...], "top_k": K, "labels": [...]}
+                     -> {"results": [{"top": [[id, text, logprob]...], "labels": [logprob...], "prompt_tokens"}...]}
   {"op": "cancel"}   (while generating) -> the stream ends with reason "cancelled"
   {"op": "close"}    -> the process exits
 
 Raw prompts are encoded as mlx_lm.stream_generate does (special tokens added
 unless the prompt already starts with BOS); chat messages are rendered with
 the tokenizer's chat template (generation prompt added) and encoded without
-adding special tokens again. Each token is sent once the next one exists (or
+adding special tokens again. The load's dtype follows the Rust side's
+`ComputeDtype`: the model's floating-point parameters (quantised layers'
+scales and biases included) are cast with `Module.set_dtype`; "auto" casts
+bfloat16/float16 weights to float32 when MLX computes on the CPU. Each token is sent once the next one exists (or
 the stream ends), so that its text is final: the streaming detokenizer may
 still be holding part of a character or a space.
 """
@@ -61,11 +66,75 @@ def read_stdin():
 STATE = {}
 
 
-def load(path):
+DTYPE_NAMES = ("auto", "model", "float32", "bfloat16", "float16")
+
+
+def weights_dtype(model, mx):
+    """The floating-point type holding most of the parameters' elements."""
+    from mlx.utils import tree_flatten
+
+    sizes = {}
+    for _, p in tree_flatten(model.parameters()):
+        if mx.issubdtype(p.dtype, mx.floating):
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.size
+    return max(sizes, key=sizes.get) if sizes else None
+
+
+def compute_dtype(requested, stored, mx):
+    """The type to cast floating-point parameters to, or None to keep them."""
+    if requested not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {requested!r} (expected one of: {', '.join(DTYPE_NAMES)})")
+    if requested == "model":
+        return None
+    if requested == "auto":
+        on_cpu = mx.default_device().type == mx.DeviceType.cpu
+        return mx.float32 if on_cpu and stored in (mx.bfloat16, mx.float16) else None
+    return getattr(mx, requested)
+
+
+def dtype_name(dtype, mx):
+    names = {mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}
+    return names.get(dtype, str(dtype).removeprefix("mlx.core.")) if dtype is not None else None
+
+
+def blas_in_use():
+    """Which BLAS this process's MLX loaded, from /proc/self/maps (Linux)."""
+    if sys.platform == "darwin":
+        return "Accelerate"
+    try:
+        with open("/proc/self/maps") as maps:
+            files = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:
+        return None
+    for f in sorted(files):
+        name = os.path.basename(f)
+        if name.startswith("libopenblas"):
+            version = name.split("-r", 1)[1].removesuffix(".so") if "-r" in name else ""
+            text = f"OpenBLAS {version}".strip()
+            try:
+                import ctypes
+
+                threads = ctypes.CDLL(f).openblas_get_num_threads()
+                text += f", {threads} thread{'s' if threads != 1 else ''}"
+            except (OSError, AttributeError):
+                pass
+            return text
+    for f in files:
+        if os.path.basename(f).startswith("libblas-") and os.path.dirname(f).endswith(".libs"):
+            return "reference (MLX's bundled netlib BLAS, slow)"
+    return None
+
+
+def load(path, dtype="auto"):
     import mlx.core as mx
     from mlx_lm import load as mlx_load
 
     model, tokenizer, config = mlx_load(path, return_config=True)
+    stored = weights_dtype(model, mx)
+    target = compute_dtype(dtype, stored, mx)
+    if target is not None:
+        model.set_dtype(target)
+        mx.eval(model.parameters())
     STATE.update(model=model, tokenizer=tokenizer, config=config, mx=mx)
     text = config.get("text_config", config)
     quant = config.get("quantization") or {}
@@ -76,6 +145,9 @@ def load(path):
         "hidden_size": text.get("hidden_size"),
         "quantization_bits": quant.get("bits"),
         "eos_token_ids": sorted(int(i) for i in tokenizer.eos_token_ids),
+        "weights_dtype": dtype_name(stored, mx),
+        "compute_dtype": dtype_name(target if target is not None else stored, mx),
+        "blas": blas_in_use(),
     }
 
 
@@ -175,6 +247,34 @@ def generate(req):
     )
 
 
+def classify(req):
+    """The next-token distribution after each input, one at a time."""
+    mx = STATE["mx"]
+    model, tokenizer = STATE["model"], STATE["tokenizer"]
+    label_ids = []
+    for label in req.get("labels", []):
+        ids = tokenizer.encode(label, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"label {label!r} encodes to no tokens")
+        label_ids.append(ids[0])
+    k = max(1, int(req.get("top_k", 0)))
+    results = []
+    for item in req["inputs"]:
+        prompt = encode(item)
+        logits = model(mx.array(prompt)[None])[0, -1].astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        order = mx.argsort(-logprobs)[:k].tolist()
+        values = logprobs.tolist()
+        results.append(
+            {
+                "top": [[i, tokenizer.decode([i]), values[i]] for i in order],
+                "labels": [values[i] for i in label_ids],
+                "prompt_tokens": len(prompt),
+            }
+        )
+    send({"results": results})
+
+
 def main():
     threading.Thread(target=read_stdin, daemon=True).start()
     send({"ready": True})
@@ -190,9 +290,11 @@ def main():
         op = req.get("op")
         try:
             if op == "load":
-                send({"ok": True, "info": load(req["path"])})
+                send({"ok": True, "info": load(req["path"], req.get("dtype", "auto"))})
             elif op == "generate":
                 generate(req)
+            elif op == "classify":
+                classify(req)
             elif op == "cancel":
                 continue
             elif op == "close":

@@ -59,7 +59,7 @@ impl From<Error> for inference::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Load { path, message } => inference::Error::InvalidModel { path, message },
-            other => inference::Error::backend(crate::BACKEND_NAME, other.to_string()),
+            other => inference::Error::from_backend(crate::BACKEND_NAME, other),
         }
     }
 }

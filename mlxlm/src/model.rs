@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use inference::{
-    GenerateOptions, Message, Metrics, ModelInfo, StopReason, StopStrings, TextModel, Token,
-    TokenSource, TokenStream,
+    Classification, ClassifyOptions, ComputeDtype, GenerateOptions, Input, Message, Metrics,
+    ModelInfo, StopReason, TextModel, Token, TokenScore, TokenSource, TokenStream,
 };
 use serde_json::{json, Value};
 
@@ -20,8 +20,18 @@ pub struct MlxLmModel {
 }
 
 impl MlxLmModel {
-    /// Starts a bridge process and loads `dir` in it.
+    /// Starts a bridge process and loads `dir` in it, computing in the
+    /// default dtype ([`ComputeDtype::Auto`]).
     pub fn load(dir: &Path) -> Result<MlxLmModel> {
+        Self::load_with_dtype(dir, ComputeDtype::Auto)
+    }
+
+    /// Starts a bridge process and loads `dir` in it; the bridge casts the
+    /// model's floating-point parameters (quantised layers' scales and
+    /// biases included) to the type `dtype` resolves to, with the same rule
+    /// as the native backend (`auto`: float32 for bfloat16/float16 weights
+    /// when MLX computes on the CPU).
+    pub fn load_with_dtype(dir: &Path, dtype: ComputeDtype) -> Result<MlxLmModel> {
         let load_error = |message: String| Error::Load {
             path: dir.to_path_buf(),
             message,
@@ -33,22 +43,26 @@ impl MlxLmModel {
             return Err(load_error("no config.json in the model directory".into()));
         }
         let mut bridge = Bridge::start()?;
-        bridge.send(&json!({"op": "load", "path": dir}))?;
+        bridge.send(&json!({"op": "load", "path": dir, "dtype": dtype.as_str()}))?;
         let reply = bridge.recv().map_err(|e| match e {
             Error::Python { message } => load_error(message),
             other => other,
         })?;
         let info = &reply["info"];
         let count = |key: &str| info.get(key).and_then(Value::as_u64).map(|n| n as usize);
-        let info = ModelInfo {
-            backend: BACKEND_NAME.into(),
-            architecture: info["model_type"].as_str().unwrap_or_default().to_string(),
-            path: dir.to_path_buf(),
-            vocab_size: count("vocab_size"),
-            num_layers: count("num_layers"),
-            hidden_size: count("hidden_size"),
-            quantization_bits: count("quantization_bits").map(|b| b as u32),
-        };
+        let text = |key: &str| info.get(key).and_then(Value::as_str).map(str::to_string);
+        let mut info = ModelInfo::new(
+            BACKEND_NAME,
+            info["model_type"].as_str().unwrap_or_default(),
+            dir,
+        );
+        info.vocab_size = count("vocab_size");
+        info.num_layers = count("num_layers");
+        info.hidden_size = count("hidden_size");
+        info.quantization_bits = count("quantization_bits").map(|b| b as u32);
+        info.weights_dtype = text("weights_dtype");
+        info.compute_dtype = text("compute_dtype");
+        info.blas = text("blas");
         Ok(MlxLmModel {
             bridge,
             info,
@@ -80,20 +94,109 @@ impl MlxLmModel {
         if let Err(e) = self.bridge.send(&request) {
             return TokenStream::failed(e.into());
         }
-        TokenStream::new(Generation {
-            model: self,
-            opts: opts.clone(),
-            stops: StopStrings::new(&opts.stop),
-            ready: VecDeque::new(),
-            reason: None,
-            finished: false,
-        })
+        let stops = opts.stop.clone();
+        TokenStream::with_stops(
+            Generation {
+                model: self,
+                opts: opts.clone(),
+                ready: VecDeque::new(),
+                reason: None,
+                finished: false,
+            },
+            &stops,
+        )
     }
 }
 
 impl TextModel for MlxLmModel {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// mlx_lm has no batched classification: the bridge runs the inputs one
+    /// after the other and reports what the native backend reports.
+    fn classify(
+        &mut self,
+        inputs: &[Input],
+        opts: &ClassifyOptions,
+    ) -> inference::Result<Vec<Classification>> {
+        opts.batch.validate()?;
+        let started = std::time::Instant::now();
+        let items: Vec<Value> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Prompt(p) => json!({ "prompt": p }),
+                Input::Chat(m) => json!({ "messages": m }),
+            })
+            .collect();
+        self.bridge.send(&json!({
+            "op": "classify",
+            "inputs": items,
+            "top_k": opts.top_k,
+            "labels": opts.labels,
+        }))?;
+        let reply = self.bridge.recv()?;
+        let protocol = |problem: &str| Error::Protocol {
+            line: reply.to_string(),
+            problem: problem.into(),
+            stderr: String::new(),
+        };
+        let results = reply
+            .get("results")
+            .and_then(Value::as_array)
+            .filter(|r| r.len() == inputs.len())
+            .ok_or_else(|| protocol("expected one result per input"))?;
+        let mut out = Vec::with_capacity(results.len());
+        let mut prompt_tokens = 0;
+        for (index, r) in results.iter().enumerate() {
+            let top: Vec<TokenScore> = r
+                .get("top")
+                .and_then(Value::as_array)
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|e| {
+                            Some(TokenScore::new(
+                                e.get(0)?.as_u64()? as u32,
+                                e.get(1)?.as_str()?,
+                                e.get(2)?.as_f64()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .filter(|t: &Vec<TokenScore>| !t.is_empty())
+                .ok_or_else(|| protocol("a result without its top tokens"))?;
+            let n = r.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
+            prompt_tokens += n;
+            let mut c = Classification::new(index, top[0].clone(), n);
+            if opts.top_k > 0 {
+                c.top_k = top.into_iter().take(opts.top_k).collect();
+            }
+            if !opts.labels.is_empty() {
+                let lps: Vec<f64> = r
+                    .get("labels")
+                    .and_then(Value::as_array)
+                    .map(|l| l.iter().filter_map(Value::as_f64).collect())
+                    .filter(|l: &Vec<f64>| l.len() == opts.labels.len())
+                    .ok_or_else(|| protocol("a result without its label scores"))?;
+                c.scores = opts
+                    .labels
+                    .iter()
+                    .cloned()
+                    .zip(lps.iter().map(|lp| lp.exp()))
+                    .collect();
+                c.label = c
+                    .scores
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(l, _)| l.clone());
+            }
+            out.push(c);
+        }
+        let mut m = Metrics::default();
+        m.prompt_tokens = prompt_tokens;
+        m.prompt_tps = prompt_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        self.metrics = m;
+        Ok(out)
     }
 
     fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a> {
@@ -113,7 +216,6 @@ impl TextModel for MlxLmModel {
 struct Generation<'a> {
     model: &'a mut MlxLmModel,
     opts: GenerateOptions,
-    stops: StopStrings,
     ready: VecDeque<Token>,
     reason: Option<StopReason>,
     finished: bool,
@@ -123,13 +225,12 @@ impl Generation<'_> {
     /// Records the final message's figures.
     fn record(&mut self, done: &Value) {
         let num = |k: &str| done.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-        self.model.metrics = Metrics {
-            prompt_tokens: num("prompt_tokens") as usize,
-            generated_tokens: num("generated_tokens") as usize,
-            prompt_tps: num("prompt_tps"),
-            generation_tps: num("generation_tps"),
-            peak_memory_bytes: num("peak_memory_bytes") as u64,
-        };
+        let m = &mut self.model.metrics;
+        m.prompt_tokens = num("prompt_tokens") as usize;
+        m.generated_tokens = num("generated_tokens") as usize;
+        m.prompt_tps = num("prompt_tps");
+        m.generation_tps = num("generation_tps");
+        m.peak_memory_bytes = num("peak_memory_bytes") as u64;
     }
 
     /// Asks the bridge to stop and reads up to its final message.
@@ -147,24 +248,15 @@ impl Generation<'_> {
 
     fn step(&mut self) -> Result<()> {
         if self.opts.is_cancelled() {
-            self.ready.extend(self.stops.finish());
             return self.stop_early(StopReason::Cancelled);
         }
         let msg = self.model.bridge.recv()?;
         if let Some(id) = msg.get("token").and_then(Value::as_u64) {
             let text = msg.get("text").and_then(Value::as_str).unwrap_or_default();
-            let (ready, hit) = self.stops.push(Token {
-                id: id as u32,
-                text: text.to_string(),
-            });
-            self.ready.extend(ready);
-            if hit {
-                return self.stop_early(StopReason::Stop);
-            }
+            self.ready.push_back(Token::new(id as u32, text));
             return Ok(());
         }
         if msg.get("done").is_some() {
-            self.ready.extend(self.stops.finish());
             self.record(&msg);
             let reason = msg
                 .get("reason")
@@ -216,6 +308,13 @@ impl TokenSource for Generation<'_> {
             self.reason
         } else {
             None
+        }
+    }
+
+    fn stop(&mut self) {
+        self.ready.clear();
+        if !self.finished && self.reason.is_none() && self.stop_early(StopReason::Stop).is_err() {
+            self.finished = true;
         }
     }
 }

@@ -32,6 +32,7 @@ fn copy_model(from: &Path, name: &str) -> PathBuf {
     dir
 }
 
+#[cfg(target_os = "linux")]
 fn alive(pid: u32) -> bool {
     // A reaped process has no /proc entry; a zombie shows state Z.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -40,6 +41,7 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn reaped(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -133,6 +135,8 @@ fn a_killed_process_ends_the_stream_with_an_error() {
     assert!(stream.next().is_none());
 }
 
+/// Reads process states from `/proc` (Linux only).
+#[cfg(target_os = "linux")]
 #[test]
 fn dropping_the_model_reaps_the_process() {
     let model = MlxLmModel::load(&llama()).unwrap();

@@ -1,6 +1,7 @@
 """Reference fixtures for the project's tests, made with mlx_lm itself.
 
-For each architecture (llama, qwen3, gemma3_text) this writes a small
+For each architecture (llama, qwen3, gemma3_text, qwen2, mistral, phi3,
+gemma2) this writes a small
 random-weight model directory (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json with a Jinja chat template), plus
 4-bit and 8-bit quantised copies made by `mlx_lm.convert`, and next to each
@@ -26,7 +27,7 @@ import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 from mlx_lm import load  # noqa: E402
 from mlx_lm.convert import convert  # noqa: E402
-from mlx_lm.generate import generate_step  # noqa: E402
+from mlx_lm.generate import batch_generate, generate_step  # noqa: E402
 from mlx_lm.sample_utils import make_sampler  # noqa: E402
 from mlx_lm.utils import save_config, save_model  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
@@ -144,6 +145,100 @@ ARCHS = {
 }
 
 
+PHI3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+# Added after the first three so that their seeds, and so their weights, stay
+# the same.
+ARCHS.update(
+    {
+        "qwen2": {
+            **ARCHS["qwen3"],
+            "config": {
+                "model_type": "qwen2",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 1000000.0,
+                "max_position_embeddings": 1024,
+                "tie_word_embeddings": False,
+            },
+        },
+        "mistral": {
+            **ARCHS["llama"],
+            # mlx_lm runs mistral as llama, which honours windows through
+            # layer_types (and needs one full-attention layer)
+            "module": "llama",
+            "config": {
+                "model_type": "mistral",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 1,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 1000000.0,
+                "sliding_window": 16,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "max_position_embeddings": 1024,
+                "tie_word_embeddings": False,
+            },
+        },
+        "phi3": {
+            "specials": ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+            "bos": None,
+            "eos": "<|end|>",
+            "extra_eos": ["<|endoftext|>"],
+            "add_bos": False,
+            "template": PHI3_TEMPLATE,
+            "config": {
+                "model_type": "phi3",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "rope_scaling": {
+                    "type": "longrope",
+                    "long_factor": [1.0, 1.5, 3.0, 7.0],
+                    "short_factor": [1.0, 1.1, 1.2, 1.3],
+                },
+                "max_position_embeddings": 8192,
+                "original_max_position_embeddings": 1024,
+                "tie_word_embeddings": False,
+            },
+        },
+        "gemma2": {
+            **ARCHS["gemma3_text"],
+            "config": {
+                "model_type": "gemma2",
+                "hidden_size": 64,
+                "num_hidden_layers": 4,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0,
+                "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0,
+                "query_pre_attn_scalar": 16,
+                "max_position_embeddings": 1024,
+            },
+        },
+    }
+)
+
+
 def training_text():
     """Python standard-library sources (sorted, so training is repeatable)."""
     stdlib = Path(os.__file__).parent
@@ -196,7 +291,7 @@ def init_weights(model, arch, seed):
     for name, p in tree_flatten(model.parameters()):
         noise = mx.random.normal(p.shape) * 0.15
         if "norm" in name:
-            value = noise if arch == "gemma3_text" else 1.0 + noise
+            value = noise if arch in ("gemma3_text", "gemma2") else 1.0 + noise
         else:
             value = noise
         new.append((name, value.astype(mx.float32)))
@@ -215,7 +310,7 @@ def make_model(arch, spec, out, seed):
     config["eos_token_id"] = eos_ids
     if spec["bos"]:
         config["bos_token_id"] = tok.token_to_id(spec["bos"])
-    module = importlib.import_module(f"mlx_lm.models.{arch}")
+    module = importlib.import_module(f"mlx_lm.models.{spec.get('module', arch)}")
     model = module.Model(module.ModelArgs.from_dict(config))
     init_weights(model, arch, seed)
     save_model(out, model)
@@ -256,8 +351,23 @@ def record(model_dir):
     chat_ids = tokenizer.encode(chat_text, add_special_tokens=False)
     chat_logits = model(mx.array(chat_ids)[None])[0, -1].astype(mx.float32)
     chat_greedy, chat_reason = greedy(model, chat_ids, eos_ids)
+    # A batch mixing short and long prompts (the raw prompt three times over
+    # is longer than Gemma's window), through mlx_lm's batch_generate.
+    short_ids = tokenizer.encode("Hi", add_special_tokens=True)
+    long_ids = tokenizer.encode(" ".join([RAW_PROMPT] * 3), add_special_tokens=add_special)
+    batch_prompts = [raw_ids, chat_ids, short_ids, long_ids]
+    try:
+        batch = batch_generate(model, tokenizer, batch_prompts, max_tokens=MAX_TOKENS, return_token_ids=True)
+        batch_ids = [[int(t) for t in ids if int(t) not in eos_ids] for ids in batch.token_ids]
+        batch_source = "batch_generate"
+    except ValueError as e:
+        # mlx_lm 0.32.2's Gemma 2 attention cannot broadcast a batch mask
+        # over grouped query heads; its single-prompt answers stand in.
+        batch_ids = [greedy(model, p, eos_ids)[0] for p in batch_prompts]
+        batch_source = f"generate_step (batch_generate failed: {e})"
     ref = {
         "model_type": config["model_type"],
+        "batch": {"prompt_ids": batch_prompts, "greedy_ids": batch_ids, "source": batch_source},
         "quantization": config.get("quantization"),
         "eos_token_ids": eos_ids,
         "max_tokens": MAX_TOKENS,

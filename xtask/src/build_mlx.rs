@@ -1,7 +1,8 @@
 //! `cargo xtask build-mlx`: MLX from PyPI, mlx-c from the crates.io package
 //! `mlx-sys` (or `MLX_C_SRC`), built with CMake and installed into a
 //! per-user cache that `dist/` links to, so every clone on a machine shares
-//! one build. A second run checks a stamp and returns at once.
+//! one build. A second run checks a stamp and returns at once. On Linux the
+//! wheel's bundled reference BLAS is replaced by OpenBLAS (see [`crate::blas`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::blas::{self, OpenBlas};
 use crate::process::{root, succeeds};
 
 /// MLX version the bindings are written against.
@@ -52,14 +54,7 @@ fn mlx_source(opts: &Options) -> Result<MlxSource> {
 /// The per-user cache root: `MLX_INFER_CACHE`, else `$XDG_CACHE_HOME/mlx-infer`,
 /// else `~/.cache/mlx-infer`.
 pub fn cache_root() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("MLX_INFER_CACHE") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("mlx-infer"));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set; set MLX_INFER_CACHE")?;
-    Ok(PathBuf::from(home).join(".cache/mlx-infer"))
+    inference::discover::cache_root().context("HOME is not set; set MLX_INFER_CACHE")
 }
 
 /// A short stable hash for cache keys (FNV-1a).
@@ -72,18 +67,32 @@ pub fn short_hash(text: &str) -> String {
     format!("{:08x}", h as u32)
 }
 
+/// The BLAS build-mlx gives a wheel's MLX: OpenBLAS when the machine has
+/// it, else the wheel's bundled reference BLAS. `None` where nothing is
+/// changed (macOS, `MLX_DIR`).
+fn blas_for(source: &MlxSource) -> Option<Option<OpenBlas>> {
+    (cfg!(target_os = "linux") && matches!(source, MlxSource::Wheel(_))).then(blas::find)
+}
+
 /// What a build is made of; it names the cache folder and fills the stamp.
-fn build_key(source: &MlxSource) -> String {
+/// The BLAS is part of it, so that installing OpenBLAS later makes a new
+/// build rather than reusing one wired to the reference BLAS.
+fn build_key(source: &MlxSource, blas: Option<&Option<OpenBlas>>) -> String {
     let mlx = match source {
         MlxSource::Wheel(name) => name.to_string(),
         MlxSource::Existing(dir) => format!("mlxdir-{}", short_hash(&dir.display().to_string())),
+    };
+    let blas = match blas {
+        Some(Some(_)) => "_openblas",
+        Some(None) => "_refblas",
+        None => "",
     };
     let src = std::env::var("MLX_C_SRC")
         .map(|s| format!("-src-{}", short_hash(&s)))
         .unwrap_or_default();
     let compat = short_hash(include_str!("../native/format_compat.h"));
     format!(
-        "mlx-{MLX_VERSION}_mlxc-{MLX_C_VERSION}_{mlx}{src}_{}-{}_{compat}",
+        "mlx-{MLX_VERSION}_mlxc-{MLX_C_VERSION}_{mlx}{src}{blas}_{}-{}_{compat}",
         std::env::consts::OS,
         std::env::consts::ARCH
     )
@@ -93,24 +102,40 @@ fn build_key(source: &MlxSource) -> String {
 pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
     let source = mlx_source(opts)?;
-    let key = build_key(&source);
+    let blas = blas_for(&source);
+    let key = build_key(&source, blas.as_ref());
     let prefix = cache_root()?.join(&key);
     let dist = root().join("dist");
     let stamp = prefix.join("stamp.txt");
 
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && installed(&prefix) {
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
+        && installed(&prefix)
+        && blas_in_place(&prefix, blas.as_ref())
+    {
         link_dist(&dist, &prefix)?;
         println!(
-            "MLX {MLX_VERSION} and mlx-c {MLX_C_VERSION} are up to date in {} ({:.1}s)",
+            "MLX {MLX_VERSION} and mlx-c {MLX_C_VERSION} are up to date in {}{} ({:.1}s)",
             dist.display(),
+            blas_note(blas.as_ref()),
             started.elapsed().as_secs_f64()
         );
         return Ok(());
     }
 
-    check_prerequisites(&source)?;
+    check_prerequisites(&source, blas.as_ref())?;
     fs::create_dir_all(&prefix).with_context(|| format!("cannot create {}", prefix.display()))?;
     let mlx_cmake_dir = install_mlx(&source, &prefix)?;
+    match &blas {
+        Some(Some(openblas)) => {
+            let n = blas::wire(&prefix.join("python"), openblas)?;
+            println!(
+                "  BLAS: {n} bundled reference libraries of the wheel now lead to OpenBLAS ({})",
+                openblas.blas.display()
+            );
+        }
+        Some(None) => println!("{}", blas::fallback_message()),
+        None => {}
+    }
     let mlx_lib = mlx_lib_dir(&mlx_cmake_dir)?;
     let src = mlx_c_sources(&prefix)?;
     build_mlx_c(&src, &mlx_cmake_dir, &mlx_lib, &prefix)?;
@@ -133,6 +158,27 @@ pub fn run(opts: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Whether the wheel's BLAS is as the key says (links to OpenBLAS that
+/// still resolve); builds that change nothing always are.
+fn blas_in_place(prefix: &Path, blas: Option<&Option<OpenBlas>>) -> bool {
+    match blas {
+        Some(Some(openblas)) => blas::is_wired(&prefix.join("python"), openblas),
+        _ => true,
+    }
+}
+
+/// What the up-to-date line says about the BLAS.
+fn blas_note(blas: Option<&Option<OpenBlas>>) -> String {
+    match blas {
+        Some(Some(_)) => ", BLAS: OpenBLAS".into(),
+        Some(None) => format!(
+            ", BLAS: MLX's bundled reference BLAS (slow; apt-get install {} and run again for OpenBLAS)",
+            blas::PACKAGE
+        ),
+        None => String::new(),
+    }
 }
 
 fn installed(prefix: &Path) -> bool {
@@ -171,7 +217,10 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-fn check_prerequisites(source: &MlxSource) -> Result<()> {
+/// Fails, listing every missing tool with its install command, when a
+/// required one is missing; OpenBLAS (optional: without it MLX falls back
+/// to its reference BLAS) is named in that list when it is missing too.
+fn check_prerequisites(source: &MlxSource, blas: Option<&Option<OpenBlas>>) -> Result<()> {
     let linux = cfg!(target_os = "linux");
     let hint = |debian: &str, mac: &str| {
         if linux {
@@ -204,6 +253,12 @@ fn check_prerequisites(source: &MlxSource) -> Result<()> {
         missing.push("libclang, used by bindgen (install: apt-get install libclang-dev)".into());
     }
     if !missing.is_empty() {
+        if let Some(None) = blas {
+            missing.push(format!(
+                "OpenBLAS, optional: without it MLX uses its slow reference BLAS (install: apt-get install {})",
+                blas::PACKAGE
+            ));
+        }
         bail!("missing prerequisites:\n  - {}", missing.join("\n  - "));
     }
     Ok(())
@@ -494,7 +549,7 @@ mod tests {
         std::env::set_var("PATH", &empty);
         std::env::set_var("PYTHON", empty.join("python3"));
         std::env::set_var("CXX", empty.join("c++"));
-        let err = check_prerequisites(&MlxSource::Wheel("mlx-cpu"))
+        let err = check_prerequisites(&MlxSource::Wheel("mlx-cpu"), Some(&None))
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("missing prerequisites:"), "{err}");
@@ -507,22 +562,42 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("a C++ compiler"), "{err}");
-        // an existing MLX install needs no pip
-        let err = check_prerequisites(&MlxSource::Existing(empty.clone()))
+        assert!(
+            err.contains("OpenBLAS, optional")
+                && err.contains("apt-get install libopenblas0-pthread"),
+            "{err}"
+        );
+        // an existing MLX install needs no pip, and its BLAS is its own
+        let err = check_prerequisites(&MlxSource::Existing(empty.clone()), None)
             .unwrap_err()
             .to_string();
         assert!(!err.contains("pip"), "{err}");
+        assert!(!err.contains("OpenBLAS"), "{err}");
     }
 
     #[test]
     fn cache_keys_change_with_what_is_built() {
-        let cpu = build_key(&MlxSource::Wheel("mlx-cpu"));
-        let cuda = build_key(&MlxSource::Wheel("mlx-cuda-13"));
+        let openblas = Some(Some(OpenBlas {
+            blas: "/usr/lib/x/libblas.so.3".into(),
+            lapack: "/usr/lib/x/liblapack.so.3".into(),
+        }));
+        let cpu = build_key(&MlxSource::Wheel("mlx-cpu"), openblas.as_ref());
+        let cuda = build_key(&MlxSource::Wheel("mlx-cuda-13"), openblas.as_ref());
         assert_ne!(cpu, cuda);
         assert!(
             cpu.contains(MLX_VERSION) && cpu.contains(MLX_C_VERSION),
             "{cpu}"
         );
-        assert_eq!(cpu, build_key(&MlxSource::Wheel("mlx-cpu")), "stable");
+        assert_eq!(
+            cpu,
+            build_key(&MlxSource::Wheel("mlx-cpu"), openblas.as_ref()),
+            "stable"
+        );
+        // the BLAS is part of the key, and a build from before it was is never reused
+        let reference = build_key(&MlxSource::Wheel("mlx-cpu"), Some(&None));
+        assert_ne!(cpu, reference);
+        assert!(cpu.contains("_openblas_"), "{cpu}");
+        assert!(reference.contains("_refblas_"), "{reference}");
+        assert_ne!(build_key(&MlxSource::Wheel("mlx-cpu"), None), cpu);
     }
 }

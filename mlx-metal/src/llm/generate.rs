@@ -3,12 +3,12 @@
 
 use std::time::Instant;
 
-use inference::{GenerateOptions, StopReason, StopStrings, Token};
+use inference::{GenerateOptions, StopReason, Token};
 
-use crate::llm::cache::KvCache;
 use crate::llm::models::Architecture;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
+use crate::nn::cache::KvCache;
 use crate::{async_eval, clear_cache, eval, Array, Dtype, Result};
 
 /// Prompt tokens processed per forward pass during prefill (as mlx_lm).
@@ -69,7 +69,6 @@ pub struct Generation<'a> {
     detok: Detokenizer<'a>,
     tokenizer: &'a Tokenizer,
     opts: GenerateOptions,
-    stops: StopStrings,
     next: Option<Array>,
     held: Vec<Token>,
     ready: std::collections::VecDeque<Token>,
@@ -126,7 +125,6 @@ impl<'a> Generation<'a> {
             detok: tokenizer.detokenizer(),
             tokenizer,
             opts: opts.clone(),
-            stops: StopStrings::new(&opts.stop),
             next,
             held: Vec::new(),
             ready: Default::default(),
@@ -157,21 +155,18 @@ impl<'a> Generation<'a> {
         if let Some(last) = self.held.last_mut() {
             last.text.push_str(&rest);
         }
-        let held = std::mem::take(&mut self.held);
-        for token in held {
-            let (out, hit) = self.stops.push(token);
-            self.ready.extend(out);
-            if hit {
-                self.reason = Some(StopReason::Stop);
-                return Ok(());
-            }
-        }
-        if reason != StopReason::Stop {
-            self.ready.extend(self.stops.finish());
-        }
+        self.ready.extend(std::mem::take(&mut self.held));
         self.reason = Some(reason);
         self.next = None;
         Ok(())
+    }
+
+    /// Stops generating (the stream reached a stop string).
+    pub fn stop(&mut self) {
+        self.next = None;
+        self.held.clear();
+        self.ready.clear();
+        self.reason = Some(StopReason::Stop);
     }
 
     fn advance(&mut self) -> Result<()> {
@@ -210,17 +205,9 @@ impl<'a> Generation<'a> {
             clear_cache()?;
         }
         let text = self.detok.add(id)?;
-        self.held.push(Token { id, text });
+        self.held.push(Token::new(id, text));
         if !self.detok.pending() {
-            for token in std::mem::take(&mut self.held) {
-                let (out, hit) = self.stops.push(token);
-                self.ready.extend(out);
-                if hit {
-                    self.next = None;
-                    self.reason = Some(StopReason::Stop);
-                    return Ok(());
-                }
-            }
+            self.ready.extend(std::mem::take(&mut self.held));
         }
         if self.timing.generated >= self.opts.max_tokens {
             self.next = None;

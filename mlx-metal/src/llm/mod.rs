@@ -1,13 +1,13 @@
 //! Language models on MLX: configuration, weights, the supported
-//! architectures, KV caches, tokenizer, chat templates, sampling and the
+//! architectures, tokenizer, chat templates, sampling and the
 //! generation loop.
 
-pub mod cache;
+pub mod batch;
 pub mod chat_template;
 pub mod config;
-mod fused;
+pub mod dtype;
 pub mod generate;
-pub mod layers;
+pub mod gguf;
 mod model;
 pub mod models;
 pub mod sampler;

@@ -4,15 +4,19 @@
 use std::path::Path;
 
 use inference::{
-    GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource,
-    TokenStream,
+    BatchOptions, BatchStream, Classification, ClassifyOptions, ComputeDtype, GenerateOptions,
+    Input, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource, TokenStream,
 };
 
+use crate::llm::batch::{self, BatchGeneration};
 use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
 use crate::llm::config::Config;
+use crate::llm::dtype::DtypeChoice;
 use crate::llm::generate::{Generation, PREFILL_STEP};
+use crate::llm::gguf;
 use crate::llm::models::{self, Architecture};
 use crate::llm::tokenizer::Tokenizer;
+use crate::llm::weights::Weights;
 use crate::{backend_name, Error, Result};
 
 /// A language model running in-process on MLX.
@@ -36,31 +40,67 @@ pub struct NativeModel {
 }
 
 impl NativeModel {
-    /// Loads `dir`: config.json, safetensors weights, tokenizer.json and
-    /// (when present) the chat template.
-    pub fn load(dir: &Path) -> Result<NativeModel> {
-        if !dir.is_dir() {
+    /// Loads a model directory (config.json, safetensors weights,
+    /// tokenizer.json and, when present, the chat template) or a single
+    /// `.gguf` file; computes in the default dtype ([`ComputeDtype::Auto`]).
+    pub fn load(path: &Path) -> Result<NativeModel> {
+        Self::load_with_dtype(path, ComputeDtype::Auto)
+    }
+
+    /// [`load`](Self::load), computing in the type `dtype` resolves to
+    /// (see [`crate::llm::dtype`]).
+    pub fn load_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
+        if path.is_file() {
+            return NativeModel::load_gguf_with_dtype(path, dtype);
+        }
+        if !path.is_dir() {
             return Err(Error::File {
-                path: dir.to_path_buf(),
-                message: "no such model directory".into(),
+                path: path.to_path_buf(),
+                message: inference::gguf::missing_model(path).into(),
             });
         }
-        let (config, config_path) = Config::load(dir)?;
-        let tokenizer = Tokenizer::load(dir, &config)?;
-        let arch = models::load(dir, &config, &config_path)?;
+        let (config, config_path) = Config::load(path)?;
+        let tokenizer = Tokenizer::load(path, &config)?;
+        let (arch, dtypes) = models::load_as(path, &config, &config_path, dtype)?;
+        NativeModel::assemble(path, config, arch, tokenizer, dtypes)
+    }
+
+    /// Loads a GGUF file (see [`gguf`](crate::llm::gguf)); computes in the
+    /// default dtype.
+    pub fn load_gguf(path: &Path) -> Result<NativeModel> {
+        Self::load_gguf_with_dtype(path, ComputeDtype::Auto)
+    }
+
+    /// [`load_gguf`](Self::load_gguf), computing in the type `dtype`
+    /// resolves to.
+    pub fn load_gguf_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
+        let g = gguf::load(path)?;
+        let tokenizer =
+            Tokenizer::from_json(&g.tokenizer_json, &g.tokenizer_config, &g.config, path)?;
+        let mut weights = Weights::from_tensors(path, g.tensors, &g.config)?;
+        let (arch, dtypes) = models::build_as(&g.config, path, &mut weights, dtype)?;
+        NativeModel::assemble(path, g.config, arch, tokenizer, dtypes)
+    }
+
+    fn assemble(
+        path: &Path,
+        config: Config,
+        arch: Box<dyn Architecture>,
+        tokenizer: Tokenizer,
+        dtypes: DtypeChoice,
+    ) -> Result<NativeModel> {
         let template = match tokenizer.chat_template() {
             Some((source, path)) => Some(ChatTemplate::new(source, path)?),
             None => None,
         };
-        let info = ModelInfo {
-            backend: backend_name().into(),
-            architecture: config.model_type.clone(),
-            path: dir.to_path_buf(),
-            vocab_size: config.vocab_size.map(|v| v as usize),
-            num_layers: Some(arch.num_layers()),
-            hidden_size: config.hidden_size.map(|h| h as usize),
-            quantization_bits: config.quant()?.map(|q| q.bits as u32),
-        };
+        let mut info = ModelInfo::new(backend_name(), config.model_type.clone(), path);
+        info.vocab_size = config.vocab_size.map(|v| v as usize);
+        info.num_layers = Some(arch.num_layers());
+        info.hidden_size = config.hidden_size.map(|h| h as usize);
+        info.quantization_bits = config.quant()?.map(|q| q.bits as u32);
+        info.weights_dtype = dtypes.weights.map(|d| d.to_string());
+        info.compute_dtype = dtypes.compute.map(|d| d.to_string());
+        info.blas = Some(crate::blas_info().to_string());
         Ok(NativeModel {
             arch,
             tokenizer,
@@ -103,6 +143,18 @@ impl NativeModel {
         self.tokenizer.encode(&text, false)
     }
 
+    /// The prompt ids of each input (raw prompts as `generate` encodes
+    /// them, conversations through the chat template).
+    pub fn encode_inputs(&self, inputs: &[Input]) -> Result<Vec<Vec<u32>>> {
+        inputs
+            .iter()
+            .map(|input| match input {
+                Input::Prompt(p) => self.tokenizer.encode_prompt(p),
+                Input::Chat(m) => self.chat_prompt(m),
+            })
+            .collect()
+    }
+
     fn stream(&mut self, prompt: Result<Vec<u32>>, opts: &GenerateOptions) -> TokenStream<'_> {
         if let Err(e) = opts.validate() {
             return TokenStream::failed(e);
@@ -111,10 +163,8 @@ impl NativeModel {
             Ok(p) => p,
             Err(e) => return TokenStream::failed(e.into()),
         };
-        self.metrics = Metrics {
-            prompt_tokens: prompt.len(),
-            ..Default::default()
-        };
+        self.metrics = Metrics::default();
+        self.metrics.prompt_tokens = prompt.len();
         match Generation::start(
             self.arch.as_ref(),
             &self.tokenizer,
@@ -122,10 +172,13 @@ impl NativeModel {
             opts,
             PREFILL_STEP,
         ) {
-            Ok(generation) => TokenStream::new(Source {
-                generation,
-                metrics: &mut self.metrics,
-            }),
+            Ok(generation) => TokenStream::with_stops(
+                Source {
+                    generation,
+                    metrics: &mut self.metrics,
+                },
+                &opts.stop,
+            ),
             Err(e) => TokenStream::failed(e.into()),
         }
     }
@@ -141,18 +194,21 @@ impl TokenSource for Source<'_> {
     fn next_token(&mut self) -> Option<inference::Result<Token>> {
         let item = self.generation.next_token();
         let t = self.generation.timing();
-        *self.metrics = Metrics {
-            prompt_tokens: t.prompt_tokens,
-            generated_tokens: t.generated,
-            prompt_tps: t.prompt_tps,
-            generation_tps: t.generation_tps,
-            peak_memory_bytes: crate::peak_memory().unwrap_or(0) as u64,
-        };
+        let m = &mut *self.metrics;
+        m.prompt_tokens = t.prompt_tokens;
+        m.generated_tokens = t.generated;
+        m.prompt_tps = t.prompt_tps;
+        m.generation_tps = t.generation_tps;
+        m.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
         item.map(|r| r.map_err(inference::Error::from))
     }
 
     fn stop_reason(&self) -> Option<StopReason> {
         self.generation.stop_reason()
+    }
+
+    fn stop(&mut self) {
+        self.generation.stop();
     }
 }
 
@@ -169,6 +225,56 @@ impl TextModel for NativeModel {
     fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a> {
         let ids = self.chat_prompt(messages);
         self.stream(ids, opts)
+    }
+
+    fn classify(
+        &mut self,
+        inputs: &[Input],
+        opts: &ClassifyOptions,
+    ) -> inference::Result<Vec<Classification>> {
+        let started = std::time::Instant::now();
+        crate::reset_peak_memory()?;
+        let prompts = self.encode_inputs(inputs)?;
+        let out = batch::classify(self.arch.as_ref(), &self.tokenizer, &prompts, opts)?;
+        let mut m = Metrics::default();
+        m.prompt_tokens = prompts.iter().map(Vec::len).sum();
+        m.prompt_tps = m.prompt_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        m.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
+        self.metrics = m;
+        Ok(out)
+    }
+
+    fn generate_batch<'a>(
+        &'a mut self,
+        inputs: &[Input],
+        opts: &GenerateOptions,
+        batch: &BatchOptions,
+    ) -> BatchStream<'a> {
+        let prompts = match self.encode_inputs(inputs) {
+            Ok(p) => p,
+            Err(e) => return BatchStream::failed(e.into()),
+        };
+        if let Err(e) = crate::reset_peak_memory() {
+            return BatchStream::failed(e.into());
+        }
+        self.metrics = Metrics::default();
+        self.metrics.prompt_tokens = prompts.iter().map(Vec::len).sum();
+        let started = std::time::Instant::now();
+        let generation =
+            match BatchGeneration::new(self.arch.as_ref(), &self.tokenizer, prompts, opts, batch) {
+                Ok(g) => g,
+                Err(e) => return BatchStream::failed(e.into()),
+            };
+        let metrics = &mut self.metrics;
+        let mut generation = generation;
+        BatchStream::new(std::iter::from_fn(move || {
+            let item = generation.next_event();
+            metrics.generated_tokens = generation.generated;
+            metrics.generation_tps =
+                generation.generated as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            metrics.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
+            item.map(|r| r.map_err(inference::Error::from))
+        }))
     }
 
     fn metrics(&self) -> Metrics {

@@ -63,45 +63,83 @@ impl Tokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         let tok_cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
         let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
-        let bos_token = token_text(tok_cfg.get("bos_token"));
-        let eos_token = token_text(tok_cfg.get("eos_token"));
-
-        let mut eos: BTreeSet<u32> = config.eos_ids().into_iter().collect();
-        eos.extend(ids(gen_cfg.get("eos_token_id")));
-        if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
-            eos.insert(id);
-        }
-
         let jinja = dir.join("chat_template.jinja");
-        let chat_template = match tok_cfg.get("chat_template") {
-            Some(Value::String(s)) => Some((s.clone(), cfg_path.clone())),
-            Some(Value::Array(named)) => named
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .or_else(|| named.first())
-                .and_then(|t| t.get("template").and_then(Value::as_str))
-                .map(|s| (s.to_string(), cfg_path.clone())),
-            _ => None,
-        };
-        let chat_template = match chat_template {
-            Some(t) => Some(t),
-            None if jinja.is_file() => Some((
+        let template = match jinja.is_file() {
+            true => Some((
                 std::fs::read_to_string(&jinja).map_err(|e| Error::File {
                     path: jinja.clone(),
                     message: e.to_string(),
                 })?,
                 jinja,
             )),
-            None => None,
+            false => None,
         };
-        Ok(Tokenizer {
+        let mut eos = ids(gen_cfg.get("eos_token_id"));
+        eos.extend(config.eos_ids());
+        Ok(Tokenizer::with_config(
+            inner, path, &tok_cfg, &cfg_path, eos, template,
+        ))
+    }
+
+    /// A tokenizer from the JSON of `tokenizer.json` and
+    /// `tokenizer_config.json` (as built from a GGUF file); `source` names
+    /// where they came from in errors.
+    pub fn from_json(
+        tokenizer_json: &Value,
+        tokenizer_config: &Value,
+        config: &Config,
+        source: &Path,
+    ) -> Result<Tokenizer> {
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(tokenizer_json.clone()).map_err(|e| Error::File {
+                path: source.to_path_buf(),
+                message: format!("cannot build the tokenizer: {e}"),
+            })?;
+        Ok(Tokenizer::with_config(
+            inner,
+            source.to_path_buf(),
+            tokenizer_config,
+            source,
+            config.eos_ids(),
+            None,
+        ))
+    }
+
+    /// Completes a tokenizer with the special tokens and chat template of
+    /// `tok_cfg` (a `tokenizer_config.json`, read from `cfg_path`);
+    /// `jinja` (a `chat_template.jinja`) is used when that has no template.
+    fn with_config(
+        inner: tokenizers::Tokenizer,
+        path: PathBuf,
+        tok_cfg: &Value,
+        cfg_path: &Path,
+        extra_eos: Vec<u32>,
+        jinja: Option<(String, PathBuf)>,
+    ) -> Tokenizer {
+        let bos_token = token_text(tok_cfg.get("bos_token"));
+        let eos_token = token_text(tok_cfg.get("eos_token"));
+        let mut eos: BTreeSet<u32> = extra_eos.into_iter().collect();
+        if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
+            eos.insert(id);
+        }
+        let chat_template = match tok_cfg.get("chat_template") {
+            Some(Value::String(s)) => Some((s.clone(), cfg_path.to_path_buf())),
+            Some(Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or_else(|| named.first())
+                .and_then(|t| t.get("template").and_then(Value::as_str))
+                .map(|s| (s.to_string(), cfg_path.to_path_buf())),
+            _ => None,
+        };
+        Tokenizer {
             inner,
             bos_token,
             eos_token,
             eos_ids: eos.into_iter().collect(),
-            chat_template,
+            chat_template: chat_template.or(jinja),
             path,
-        })
+        }
     }
 
     /// Token ids of `text`; `add_special` applies the post-processor (BOS...).

@@ -64,9 +64,11 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Checks a file's header and that every tensor lies inside the file, so a
-/// truncated or corrupt file fails here, naming itself, not later in MLX.
-fn validate(path: &Path) -> Result<()> {
+/// Checks a file's header with the `safetensors` crate (offsets contiguous
+/// and matching each tensor's shape and dtype), that the data fits the file
+/// and that every dimension fits MLX's 32-bit shapes, so a truncated or
+/// corrupt file fails here, naming itself and the tensor, not later in MLX.
+pub fn check_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let bad = |message: String| Error::File {
         path: path.to_path_buf(),
@@ -86,22 +88,19 @@ fn validate(path: &Path) -> Result<()> {
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)
         .map_err(|e| bad(format!("truncated header: {e}")))?;
-    let header: serde_json::Value =
+    let metadata: safetensors::tensor::Metadata =
         serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt header: {e}")))?;
-    let entries = header
-        .as_object()
-        .ok_or_else(|| bad("corrupt header: not an object".into()))?;
     let data_len = len - 8 - n;
-    for (name, info) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
-        let end = info
-            .get("data_offsets")
-            .and_then(|o| o.get(1))
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| {
-                bad(format!(
-                    "corrupt header: tensor `{name}` has no data_offsets"
-                ))
-            })?;
+    let mut tensors: Vec<_> = metadata.tensors().into_iter().collect();
+    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    for (name, info) in tensors {
+        if info.shape.iter().any(|&d| d > i32::MAX as usize) {
+            return Err(bad(format!(
+                "tensor `{name}` has shape {:?}; MLX dimensions must be below 2^31",
+                info.shape
+            )));
+        }
+        let end = info.data_offsets.1 as u64;
         if end > data_len {
             return Err(bad(format!(
                 "truncated: tensor `{name}` ends at byte {end} of the data but the file holds {data_len}"
@@ -123,7 +122,7 @@ impl Weights {
                     message: "weight file listed in model.safetensors.index.json is missing".into(),
                 });
             }
-            validate(&file)?;
+            check_header(&file)?;
             for (name, array) in load_safetensors(&file)?.tensors {
                 let name = match strip_prefix {
                     Some(p) => name.strip_prefix(p).map(str::to_string).unwrap_or(name),
@@ -136,6 +135,24 @@ impl Weights {
             dir: dir.to_path_buf(),
             quant: config.quant()?,
             tensors,
+            config: config.clone(),
+        })
+    }
+
+    /// Weights already in memory (from a GGUF file, say), under their
+    /// Hugging Face names; `file` names their source in errors.
+    pub fn from_tensors(
+        file: &Path,
+        tensors: HashMap<String, Array>,
+        config: &Config,
+    ) -> Result<Weights> {
+        Ok(Weights {
+            dir: file.to_path_buf(),
+            quant: config.quant()?,
+            tensors: tensors
+                .into_iter()
+                .map(|(name, array)| (name, (array, file.to_path_buf())))
+                .collect(),
             config: config.clone(),
         })
     }
@@ -269,5 +286,39 @@ impl Weights {
     /// frequencies, vision towers).
     pub fn discard(&mut self, pred: impl Fn(&str) -> bool) {
         self.tensors.retain(|k, _| !pred(k));
+    }
+
+    /// Applies the compute dtype: finds the weights' floating-point type
+    /// (the one holding the most elements; for quantised weights that is
+    /// their scales') and casts every floating-point tensor — dense
+    /// weights, norms, the scales and biases of quantised layers — to the
+    /// type `requested` resolves to (see [`crate::llm::dtype`]). Packed
+    /// quantised weights stay as they are. The cast is lazy: MLX converts
+    /// each tensor when it is first used.
+    pub fn apply_compute_dtype(
+        &mut self,
+        requested: inference::ComputeDtype,
+    ) -> Result<crate::llm::dtype::DtypeChoice> {
+        let mut sizes: Vec<(Dtype, usize)> = Vec::new();
+        for (a, _) in self.tensors.values().filter(|(a, _)| a.dtype().is_float()) {
+            match sizes.iter_mut().find(|(d, _)| *d == a.dtype()) {
+                Some((_, n)) => *n += a.size(),
+                None => sizes.push((a.dtype(), a.size())),
+            }
+        }
+        let stored = sizes.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d);
+        let on_cpu = crate::llm::dtype::default_device_is_cpu()?;
+        let target = crate::llm::dtype::resolve(requested, stored, on_cpu);
+        if let Some(target) = target {
+            for (a, _) in self.tensors.values_mut() {
+                if a.dtype().is_float() && a.dtype() != target {
+                    *a = a.astype(target)?;
+                }
+            }
+        }
+        Ok(crate::llm::dtype::DtypeChoice {
+            weights: stored,
+            compute: target.or(stored),
+        })
     }
 }

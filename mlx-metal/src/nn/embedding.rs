@@ -32,7 +32,10 @@ impl Embedding {
     /// `x @ table^T`: the output layer of models with tied embeddings.
     pub fn as_linear(&self, x: &Array) -> Result<Array> {
         match self {
-            Embedding::Dense(w) => x.matmul(&w.transpose()?),
+            Embedding::Dense(w) => match super::linear::row_times_transposed(x, w)? {
+                Some(y) => Ok(y),
+                None => x.matmul(&w.transpose()?),
+            },
             Embedding::Quantized(q) => x.quantized_matmul(q, true),
         }
     }

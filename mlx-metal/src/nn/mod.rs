@@ -1,12 +1,22 @@
-//! Layers built from the ops: linear (dense or quantised), embedding, RMS
-//! norm and rotary position embedding.
+//! Layers built from the ops — linear (dense or quantised), embedding, RMS
+//! norm, rotary embeddings, attention, gated MLP, the pre-norm decoder — and
+//! the KV caches they read. Model families are assembled from these in
+//! `llm::models`; nothing here knows a family.
 
+pub mod activation;
+mod attention;
+pub mod cache;
+mod decoder;
 mod embedding;
 mod linear;
+mod mlp;
 mod norm;
 mod rope;
 
+pub use attention::{Attention, AttentionConfig, Heads, QkNorm, QkvLayout};
+pub use decoder::{caches_for, window_masks, Decoder, DecoderShape, PreNormBlock};
 pub use embedding::Embedding;
 pub use linear::Linear;
+pub use mlp::Mlp;
 pub use norm::RmsNorm;
-pub use rope::Rope;
+pub use rope::{Positions, Rope};

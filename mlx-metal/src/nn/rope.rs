@@ -2,6 +2,15 @@
 
 use crate::{fast, Array, Error, Result};
 
+/// Where the new tokens of a forward pass start.
+#[derive(Debug, Clone)]
+pub enum Positions {
+    /// At the same position in every row.
+    Same(i32),
+    /// At each row's own position (int32 `[batch]`).
+    PerRow(Array),
+}
+
 /// RoPE over the first `dims` features of each head.
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -10,6 +19,8 @@ pub struct Rope {
     base: Option<f32>,
     scale: f32,
     freqs: Option<Array>,
+    /// Multiplies the rotated features before rotating (Phi-3's LongRoPE).
+    input_scale: f32,
 }
 
 impl Rope {
@@ -21,7 +32,46 @@ impl Rope {
             base: Some(base),
             scale,
             freqs: None,
+            input_scale: 1.0,
         }
+    }
+
+    /// Phi-3's LongRoPE (`su` / `longrope`) as mlx_lm applies it: periods
+    /// `long_factor[i] * base^(2i/dims)` and the rotated features scaled by
+    /// `sqrt(1 + ln(max / original) / ln(original))` when the context was
+    /// extended.
+    pub fn long_rope(
+        dims: i32,
+        base: f32,
+        long_factor: &[f32],
+        max_positions: f32,
+        original_max_positions: f32,
+    ) -> Result<Rope> {
+        if long_factor.len() != (dims / 2) as usize {
+            return Err(Error::InvalidArgument(format!(
+                "rope_scaling.long_factor has {} entries, expected {}",
+                long_factor.len(),
+                dims / 2
+            )));
+        }
+        let exponents = Array::arange(0.0, dims as f64, 2.0, crate::Dtype::Float32)?
+            .mul_scalar(1.0 / dims as f32)?;
+        let periods = Array::scalar(base).power(&exponents)?;
+        let freqs = Array::from_vec(long_factor)?.multiply(&periods)?;
+        let factor = max_positions / original_max_positions;
+        let input_scale = if factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + factor.ln() / original_max_positions.ln()).sqrt()
+        };
+        Ok(Rope {
+            dims,
+            traditional: false,
+            base: None,
+            scale: 1.0,
+            freqs: Some(freqs),
+            input_scale,
+        })
     }
 
     /// RoPE as a Hugging Face `rope_scaling` entry asks (`default`,
@@ -82,6 +132,7 @@ impl Rope {
                     base: None,
                     scale: 1.0,
                     freqs: Some(Array::from_vec(&freqs)?),
+                    input_scale: 1.0,
                 })
             }
             other => Err(Error::InvalidArgument(format!(
@@ -92,14 +143,39 @@ impl Rope {
 
     /// Rotates `x` (`[batch, heads, seq, head_dim]`) for positions starting at `offset`.
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
-        fast::rope(
-            x,
+        self.apply(x, &Positions::Same(offset))
+    }
+
+    /// Rotates `x` for positions starting at `positions` (one offset for
+    /// every row, or one per batch row).
+    pub fn apply(&self, x: &Array, positions: &Positions) -> Result<Array> {
+        let scaled;
+        let x = if self.input_scale == 1.0 {
+            x
+        } else {
+            let width = x.dim(-1)?;
+            scaled = if self.dims == width {
+                x.mul_scalar(self.input_scale)?
+            } else {
+                let rotated = x
+                    .slice_axis(-1, 0, self.dims)?
+                    .mul_scalar(self.input_scale)?;
+                Array::concatenate(&[&rotated, &x.slice_axis(-1, self.dims, width)?], -1)?
+            };
+            &scaled
+        };
+        let (dims, trad, base, scale, freqs) = (
             self.dims,
             self.traditional,
             self.base,
             self.scale,
-            offset,
             self.freqs.as_ref(),
-        )
+        );
+        match positions {
+            Positions::Same(offset) => fast::rope(x, dims, trad, base, scale, *offset, freqs),
+            Positions::PerRow(offsets) => {
+                fast::rope_dynamic(x, dims, trad, base, scale, offsets, freqs)
+            }
+        }
     }
 }

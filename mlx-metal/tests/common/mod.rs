@@ -32,40 +32,8 @@ pub fn randn(shape: &[i32], seed: u64, scale: f32) -> Array {
     mlx_metal::random::normal(shape, mlx_metal::Dtype::Float32, 0.0, scale, Some(&key)).unwrap()
 }
 
-/// The fixtures folder (from `cargo xtask fixtures`).
-pub fn fixtures() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    assert!(
-        dir.join("index.json").is_file(),
-        "no fixtures in {}: run `cargo xtask fixtures`",
-        dir.display()
-    );
-    dir
-}
-
-/// Every fixture model folder, sorted.
-pub fn fixture_models() -> Vec<std::path::PathBuf> {
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("index.json")).unwrap())
-            .unwrap();
-    let mut names: Vec<String> = index.as_object().unwrap().keys().cloned().collect();
-    names.sort();
-    names.into_iter().map(|n| fixtures().join(n)).collect()
-}
-
-/// mlx_lm's recorded answers for a fixture.
-pub fn reference(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
-
-/// Ids of a JSON array.
-pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+#[allow(unused_imports)]
+pub use test_support::{fixture_models, fixtures, ids, reference};
 
 /// A copy of a fixture model in a fresh temporary folder.
 pub fn copy_model(from: &std::path::Path, name: &str) -> std::path::PathBuf {

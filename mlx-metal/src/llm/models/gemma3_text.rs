@@ -1,44 +1,109 @@
 //! Gemma 3 (text): sliding-window and global layers by pattern with their
 //! own RoPE bases, four `(1 + w)` RMS norms per block, embeddings scaled by
-//! `sqrt(hidden)`, `query_pre_attn_scalar`, gelu-tanh MLP, and logit
-//! soft-capping when the config sets it.
+//! `sqrt(hidden)` rounded to bfloat16, `query_pre_attn_scalar`, q/k norms,
+//! gelu-tanh MLP, logit soft-capping when the config sets it. Mirrors
+//! mlx_lm's `models/gemma3_text.py`. The blocks are shared with Gemma 2.
 
 use half::bf16;
+use serde::Deserialize;
+use serde_json::Value;
 
-use crate::llm::cache::{KvCache, Mask};
 use crate::llm::config::Config;
-use crate::llm::layers::{Activation, Attention, AttentionShape, AttentionSpec, Mlp, QkNorm};
 use crate::llm::weights::Weights;
-use crate::nn::{Embedding, Linear, RmsNorm, Rope};
+use crate::nn::activation::Activation;
+use crate::nn::cache::KvCache;
+use crate::nn::{
+    caches_for, window_masks, Attention, AttentionConfig, Embedding, Heads, Linear, Mlp, QkNorm,
+    QkvLayout, RmsNorm, Rope,
+};
 use crate::{Array, Dtype, Result};
 
 use super::Architecture;
 
-struct Block {
+/// `config.json` of a Gemma 3 text model, with mlx_lm's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Args {
+    /// Width of the residual stream.
+    pub hidden_size: i32,
+    /// Transformer blocks.
+    pub num_hidden_layers: i32,
+    /// Width of the MLP.
+    pub intermediate_size: i32,
+    /// Query heads.
+    pub num_attention_heads: i32,
+    /// Per-head width.
+    pub head_dim: i32,
+    /// Epsilon of the RMS norms.
+    pub rms_norm_eps: f32,
+    /// Vocabulary size.
+    pub vocab_size: i32,
+    /// Key/value heads.
+    pub num_key_value_heads: i32,
+    /// RoPE base of the global layers.
+    pub rope_theta: f32,
+    /// RoPE base of the sliding-window layers.
+    pub rope_local_base_freq: f32,
+    /// Attention scale is `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: f32,
+    /// Window of the local layers.
+    pub sliding_window: i32,
+    /// Every n-th layer is global.
+    pub sliding_window_pattern: i32,
+    /// Hugging Face `rope_scaling` of the global layers.
+    pub rope_scaling: Option<Value>,
+    /// Soft-cap of the output logits, when set.
+    pub final_logit_softcapping: Option<f32>,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            hidden_size: 1152,
+            num_hidden_layers: 26,
+            intermediate_size: 6912,
+            num_attention_heads: 4,
+            head_dim: 256,
+            rms_norm_eps: 1e-6,
+            vocab_size: 262144,
+            num_key_value_heads: 1,
+            rope_theta: 1_000_000.0,
+            rope_local_base_freq: 10_000.0,
+            query_pre_attn_scalar: 256.0,
+            sliding_window: 512,
+            sliding_window_pattern: 6,
+            rope_scaling: None,
+            final_logit_softcapping: None,
+        }
+    }
+}
+
+/// A Gemma block: attention and MLP, each between two `(1 + w)` norms.
+pub struct GemmaBlock {
     attn: Attention,
     mlp: Mlp,
     input_norm: RmsNorm,
     post_attn_norm: RmsNorm,
     pre_ff_norm: RmsNorm,
     post_ff_norm: RmsNorm,
-    sliding: bool,
+    window: Option<i32>,
 }
 
-/// A Gemma 3 text model.
-pub struct Gemma3Text {
-    embed: Embedding,
-    blocks: Vec<Block>,
+/// Embedding, Gemma blocks and the final norm (Gemma 2 and 3).
+pub struct GemmaBlocks {
+    /// Token embedding (also the output layer unless `lm_head` is set).
+    pub embed: Embedding,
+    /// The blocks.
+    pub blocks: Vec<GemmaBlock>,
     norm: RmsNorm,
-    lm_head: Option<Linear>,
-    hidden: i32,
-    window: i32,
-    softcap: Option<f32>,
+    /// Model width.
+    pub hidden: i32,
 }
 
-/// `x + y`; in float16 the sum is taken in float32 and clipped to the f16
-/// range, as Gemma needs.
-fn residual(x: &Array, y: &Array) -> Result<Array> {
-    if x.dtype() != Dtype::Float16 {
+/// `x + y`; with `clip_f16` in float16 the sum is taken in float32 and
+/// clipped to the f16 range, as Gemma 3 needs.
+fn residual(x: &Array, y: &Array, clip_f16: bool) -> Result<Array> {
+    if !clip_f16 || x.dtype() != Dtype::Float16 {
         return x.add(y);
     }
     let bound = Array::scalar(65504.0f32);
@@ -48,55 +113,33 @@ fn residual(x: &Array, y: &Array) -> Result<Array> {
         .astype(Dtype::Float16)
 }
 
-impl Gemma3Text {
-    /// Builds the model from `config` and the weights.
-    pub fn load(c: &Config, w: &mut Weights) -> Result<Gemma3Text> {
-        let hidden = c.hidden_size.unwrap_or(1152);
-        let heads = c.num_attention_heads.unwrap_or(4);
-        let shape = AttentionShape {
-            hidden,
-            heads,
-            kv_heads: c.num_key_value_heads.unwrap_or(1),
-            head_dim: c.head_dim.unwrap_or(256),
-        };
-        let layers = c.num_hidden_layers.unwrap_or(26);
-        let inter = c.intermediate_size.unwrap_or(6912);
-        let vocab = c.vocab_size.unwrap_or(262144);
-        let eps = c.rms_norm_eps.unwrap_or(1e-6);
-        let pattern = c.sliding_window_pattern.unwrap_or(6);
-        let scale = c.query_pre_attn_scalar.unwrap_or(256.0).powf(-0.5);
-        let local_rope = Rope::new(
-            shape.head_dim,
-            c.rope_local_base_freq.unwrap_or(10000.0),
-            false,
-            1.0,
-        );
-        let global_rope = Rope::from_config(
-            shape.head_dim,
-            c.rope_theta.unwrap_or(1_000_000.0),
-            false,
-            c.rope_scaling.as_ref(),
-        )?;
-        w.discard(|k| k.starts_with("vision_tower") || k.starts_with("multi_modal_projector"));
+/// `cap * tanh(x / cap)`.
+pub fn softcap(x: &Array, cap: f32) -> Result<Array> {
+    x.mul_scalar(1.0 / cap)?.tanh()?.mul_scalar(cap)
+}
+
+impl GemmaBlocks {
+    /// Loads `model.embed_tokens`, the blocks (attention config and window
+    /// of layer `i` from `layer(i)`) and `model.norm`.
+    pub fn load(
+        w: &mut Weights,
+        layers: i32,
+        hidden: i32,
+        inter: i32,
+        vocab: i32,
+        eps: f32,
+        layer: impl Fn(i32) -> (AttentionConfig, Option<i32>),
+    ) -> Result<GemmaBlocks> {
         let embed = w.embedding("model.embed_tokens", vocab, hidden)?;
-        let mut blocks = Vec::with_capacity(layers as usize);
+        let mut blocks = Vec::with_capacity(layers.max(0) as usize);
         for i in 0..layers {
             let p = format!("model.layers.{i}");
-            let sliding = (i + 1) % pattern != 0;
-            let spec = AttentionSpec {
-                shape,
-                bias: false,
-                qk_norm: QkNorm::OffsetOne,
-                eps,
-                rope: if sliding {
-                    local_rope.clone()
-                } else {
-                    global_rope.clone()
-                },
-                scale,
+            let (attention, window) = layer(i);
+            let norm = |w: &mut Weights, name: &str| {
+                w.rms_norm_offset_one(&format!("{p}.{name}"), hidden, eps)
             };
-            blocks.push(Block {
-                attn: Attention::load(w, &format!("{p}.self_attn"), &spec)?,
+            blocks.push(GemmaBlock {
+                attn: Attention::load(w, &format!("{p}.self_attn"), &attention)?,
                 mlp: Mlp::load(
                     w,
                     &format!("{p}.mlp"),
@@ -105,93 +148,137 @@ impl Gemma3Text {
                     false,
                     Activation::GeluApprox,
                 )?,
-                input_norm: w.rms_norm_offset_one(&format!("{p}.input_layernorm"), hidden, eps)?,
-                post_attn_norm: w.rms_norm_offset_one(
-                    &format!("{p}.post_attention_layernorm"),
-                    hidden,
-                    eps,
-                )?,
-                pre_ff_norm: w.rms_norm_offset_one(
-                    &format!("{p}.pre_feedforward_layernorm"),
-                    hidden,
-                    eps,
-                )?,
-                post_ff_norm: w.rms_norm_offset_one(
-                    &format!("{p}.post_feedforward_layernorm"),
-                    hidden,
-                    eps,
-                )?,
-                sliding,
+                input_norm: norm(w, "input_layernorm")?,
+                post_attn_norm: norm(w, "post_attention_layernorm")?,
+                pre_ff_norm: norm(w, "pre_feedforward_layernorm")?,
+                post_ff_norm: norm(w, "post_feedforward_layernorm")?,
+                window,
             });
         }
-        let norm = w.rms_norm_offset_one("model.norm", hidden, eps)?;
-        // Gemma ties the output layer unless the weights carry one.
-        let lm_head = if w.has("lm_head.weight") {
-            Some(w.linear("lm_head", hidden, vocab, false)?)
-        } else {
-            None
-        };
-        Ok(Gemma3Text {
+        Ok(GemmaBlocks {
             embed,
             blocks,
-            norm,
-            lm_head,
+            norm: w.rms_norm_offset_one("model.norm", hidden, eps)?,
             hidden,
-            window: c.sliding_window.unwrap_or(512),
-            softcap: c.final_logit_softcapping,
         })
+    }
+
+    /// Runs the (already scaled) embeddings `h` of `tokens` through the
+    /// blocks and the final norm.
+    pub fn forward(
+        &self,
+        mut h: Array,
+        tokens: &Array,
+        caches: &mut [KvCache],
+        clip_f16: bool,
+    ) -> Result<Array> {
+        let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, tokens.dim(1)?)?;
+        for ((b, cache), mask) in self.blocks.iter().zip(caches.iter_mut()).zip(&masks) {
+            let r = b.attn.forward(&b.input_norm.forward(&h)?, mask, cache)?;
+            h = residual(&h, &b.post_attn_norm.forward(&r)?, clip_f16)?;
+            let r = b.mlp.forward(&b.pre_ff_norm.forward(&h)?)?;
+            h = residual(&h, &b.post_ff_norm.forward(&r)?, clip_f16)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// One cache per block: rotating for windowed blocks.
+    pub fn make_caches(&self) -> Vec<KvCache> {
+        caches_for(self.blocks.iter().map(|b| b.window))
     }
 }
 
+/// A Gemma 3 text model.
+pub struct Gemma3Text {
+    blocks: GemmaBlocks,
+    lm_head: Option<Linear>,
+    softcap: Option<f32>,
+}
+
+/// Drops the vision tower of a multimodal checkpoint (the prefix
+/// `language_model.` is stripped when the weights are read).
+pub fn sanitize(w: &mut Weights) {
+    w.discard(|k| k.starts_with("vision_tower") || k.starts_with("multi_modal_projector"));
+}
+
+/// Loads a Gemma 3 text model.
+pub fn load(config: &Config, w: &mut Weights) -> Result<Box<dyn Architecture>> {
+    let a: Args = config.parse()?;
+    sanitize(w);
+    let heads = Heads {
+        hidden: a.hidden_size,
+        heads: a.num_attention_heads,
+        kv_heads: a.num_key_value_heads,
+        head_dim: a.head_dim,
+    };
+    let global_rope = Rope::from_config(a.head_dim, a.rope_theta, false, a.rope_scaling.as_ref())?;
+    let local_rope = Rope::new(a.head_dim, a.rope_local_base_freq, false, 1.0);
+    let pattern = a.sliding_window_pattern.max(1);
+    let blocks = GemmaBlocks::load(
+        w,
+        a.num_hidden_layers,
+        a.hidden_size,
+        a.intermediate_size,
+        a.vocab_size,
+        a.rms_norm_eps,
+        |i| {
+            let sliding = (i + 1) % pattern != 0;
+            let attention = AttentionConfig {
+                heads,
+                layout: QkvLayout::Separate,
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: QkNorm::OffsetOne,
+                eps: a.rms_norm_eps,
+                rope: if sliding {
+                    local_rope.clone()
+                } else {
+                    global_rope.clone()
+                },
+                scale: a.query_pre_attn_scalar.powf(-0.5),
+                softcap: None,
+            };
+            (attention, sliding.then_some(a.sliding_window))
+        },
+    )?;
+    // Tied unless the weights carry an output layer.
+    let lm_head = if w.has("lm_head.weight") {
+        Some(w.linear("lm_head", a.hidden_size, a.vocab_size, false)?)
+    } else {
+        None
+    };
+    Ok(Box::new(Gemma3Text {
+        blocks,
+        lm_head,
+        softcap: a.final_logit_softcapping,
+    }))
+}
+
 impl Architecture for Gemma3Text {
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-        let h = self.embed.forward(tokens)?;
-        // sqrt(hidden) rounded to bfloat16, as the reference implementation does
-        let factor = bf16::from_f32((self.hidden as f32).sqrt());
-        let mut h = h.multiply(&Array::scalar(factor).astype(h.dtype())?)?;
-        let n = tokens.dim(1)?;
-        // masks come from the first cache of each kind, before this step's update
-        let first = |sliding: bool| self.blocks.iter().position(|b| b.sliding == sliding);
-        let global_mask = match first(false) {
-            Some(i) => caches[i].make_mask(n, None)?,
-            None => Mask::None,
-        };
-        let local_mask = match first(true) {
-            Some(i) => caches[i].make_mask(n, Some(self.window))?,
-            None => Mask::None,
-        };
-        for (b, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            let mask = if b.sliding { &local_mask } else { &global_mask };
-            let r = b.attn.forward(&b.input_norm.forward(&h)?, mask, cache)?;
-            h = residual(&h, &b.post_attn_norm.forward(&r)?)?;
-            let r = b.mlp.forward(&b.pre_ff_norm.forward(&h)?)?;
-            h = residual(&h, &b.post_ff_norm.forward(&r)?)?;
-        }
-        let h = self.norm.forward(&h)?;
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+        let h = self.blocks.embed.forward(tokens)?;
+        // sqrt(hidden) rounded to bfloat16, as the reference does
+        let factor = bf16::from_f32((self.blocks.hidden as f32).sqrt());
+        let h = h.multiply(&Array::scalar(factor).astype(h.dtype())?)?;
+        self.blocks.forward(h, tokens, caches, true)
+    }
+
+    fn logits(&self, h: &Array) -> Result<Array> {
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&h)?,
-            None => self.embed.as_linear(&h)?,
+            Some(head) => head.forward(h)?,
+            None => self.blocks.embed.as_linear(h)?,
         };
         match self.softcap {
-            Some(cap) => logits.mul_scalar(1.0 / cap)?.tanh()?.mul_scalar(cap),
+            Some(cap) => softcap(&logits, cap),
             None => Ok(logits),
         }
     }
 
     fn make_caches(&self) -> Vec<KvCache> {
-        self.blocks
-            .iter()
-            .map(|b| {
-                if b.sliding {
-                    KvCache::rotating(self.window)
-                } else {
-                    KvCache::standard()
-                }
-            })
-            .collect()
+        self.blocks.make_caches()
     }
 
     fn num_layers(&self) -> usize {
-        self.blocks.len()
+        self.blocks.blocks.len()
     }
 }

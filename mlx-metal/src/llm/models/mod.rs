@@ -1,46 +1,134 @@
-//! The supported architectures, one file each, behind one trait.
+//! The model families, one file each, behind one trait. Adding a family
+//! means adding its file and one line to [`FAMILIES`].
 
+mod gemma2;
 mod gemma3_text;
 mod llama;
+mod mistral;
+mod phi3;
+mod qwen2;
 mod qwen3;
 
 use std::path::Path;
 
-use crate::llm::cache::KvCache;
+use inference::ComputeDtype;
+
 use crate::llm::config::Config;
+use crate::llm::dtype::DtypeChoice;
 use crate::llm::weights::Weights;
+use crate::nn::cache::KvCache;
 use crate::{Array, Error, Result};
 
-/// A decoder-only language model.
+/// A decoder-only language model. The same code runs one sequence or a
+/// batch: the caches decide (see [`KvCache::batch`]).
 pub trait Architecture: Send {
-    /// Logits `[B, L, vocab]` for token ids `[B, L]`, reading and extending
-    /// `caches` (one per layer).
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+    /// Final hidden states `[B, L, hidden]` (after the last norm) for token
+    /// ids `[B, L]`, reading and extending `caches` (one per layer).
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+
+    /// The output layer: logits `[..., vocab]` of hidden states.
+    fn logits(&self, hidden: &Array) -> Result<Array>;
+
+    /// Logits `[B, L, vocab]` for token ids `[B, L]`.
+    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+        self.logits(&self.hidden(tokens, caches)?)
+    }
 
     /// Fresh caches, one per layer.
     fn make_caches(&self) -> Vec<KvCache>;
+
+    /// Fresh batch caches for rows left-padded by `left_padding`, one per
+    /// layer (sliding-window layers keep their window).
+    fn make_batch_caches(&self, left_padding: &[i32]) -> Vec<KvCache> {
+        self.make_caches()
+            .iter()
+            .map(|c| KvCache::batch(left_padding, c.window()))
+            .collect()
+    }
 
     /// Number of transformer blocks.
     fn num_layers(&self) -> usize;
 }
 
-/// The `model_type`s this crate runs natively.
-pub const SUPPORTED: &[&str] = &["llama", "qwen3", "gemma3_text", "gemma3"];
+/// Builds a family's model from its config and weights.
+pub type Loader = fn(&Config, &mut Weights) -> Result<Box<dyn Architecture>>;
 
-/// Builds the architecture named by `config.model_type` from `dir`'s weights.
+/// Every `model_type` this crate runs natively, with its loader.
+pub const FAMILIES: &[(&str, Loader)] = &[
+    ("llama", llama::load),
+    ("mistral", mistral::load),
+    ("qwen2", qwen2::load),
+    ("qwen3", qwen3::load),
+    ("phi3", phi3::load),
+    ("gemma2", gemma2::load),
+    ("gemma3_text", gemma3_text::load),
+];
+
+/// The `model_type`s this crate runs natively (`gemma3` is read as its
+/// `text_config`).
+pub fn supported() -> Vec<&'static str> {
+    let mut names: Vec<&str> = FAMILIES.iter().map(|(n, _)| *n).collect();
+    names.push("gemma3");
+    names
+}
+
+/// Whether `model_type` runs natively.
+pub fn is_supported(model_type: &str) -> bool {
+    supported().contains(&model_type)
+}
+
+/// Builds the architecture named by `config.model_type` from `dir`'s
+/// weights, computing in the default dtype ([`ComputeDtype::Auto`]).
 pub fn load(dir: &Path, config: &Config, config_path: &Path) -> Result<Box<dyn Architecture>> {
+    Ok(load_as(dir, config, config_path, ComputeDtype::Auto)?.0)
+}
+
+/// [`load`] computing in the type `dtype` resolves to; also says which
+/// type the weights are stored in and which one the model computes in.
+pub fn load_as(
+    dir: &Path,
+    config: &Config,
+    config_path: &Path,
+    dtype: ComputeDtype,
+) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
+    if !is_supported(&config.model_type) {
+        return Err(unsupported(config, config_path));
+    }
     let strip = (config.model_type == "gemma3_text").then_some("language_model.");
     let mut weights = Weights::load(dir, config, strip)?;
-    let model: Box<dyn Architecture> = match config.model_type.as_str() {
-        "llama" => Box::new(llama::load(config, &mut weights)?),
-        "qwen3" => Box::new(qwen3::load(config, &mut weights)?),
-        "gemma3_text" => Box::new(gemma3_text::Gemma3Text::load(config, &mut weights)?),
-        other => {
-            return Err(Error::UnsupportedModel {
-                path: config_path.to_path_buf(),
-                model_type: other.to_string(),
-            })
-        }
-    };
-    Ok(model)
+    build_as(config, config_path, &mut weights, dtype)
+}
+
+fn unsupported(config: &Config, config_path: &Path) -> Error {
+    Error::UnsupportedModel {
+        path: config_path.to_path_buf(),
+        model_type: config.model_type.clone(),
+    }
+}
+
+/// Builds the architecture named by `config.model_type` from `weights`,
+/// computing in the default dtype; `config_path` names the config in errors.
+pub fn build(
+    config: &Config,
+    config_path: &Path,
+    weights: &mut Weights,
+) -> Result<Box<dyn Architecture>> {
+    Ok(build_as(config, config_path, weights, ComputeDtype::Auto)?.0)
+}
+
+/// [`build`] computing in the type `dtype` resolves to (applied to the
+/// weights here, for directories and GGUF files alike); also says which
+/// type the weights are stored in and which one the model computes in.
+pub fn build_as(
+    config: &Config,
+    config_path: &Path,
+    weights: &mut Weights,
+    dtype: ComputeDtype,
+) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
+    let (_, loader) = FAMILIES
+        .iter()
+        .find(|(name, _)| *name == config.model_type)
+        .ok_or_else(|| unsupported(config, config_path))?;
+    let choice = weights.apply_compute_dtype(dtype)?;
+    Ok((loader(config, weights)?, choice))
 }

@@ -1,34 +1,74 @@
-//! Qwen3 (dense): Llama's layout with RMS norms on each query and key head
-//! and an explicit `head_dim`.
+//! Qwen3 (dense): Llama's layout with an RMS norm on each query and key
+//! head and an explicit `head_dim`. Mirrors mlx_lm's `models/qwen3.py`.
+
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::llm::config::Config;
-use crate::llm::layers::{AttentionShape, Decoder, DecoderSpec, QkNorm};
 use crate::llm::weights::Weights;
-use crate::nn::Rope;
-use crate::{Error, Result};
+use crate::nn::QkNorm;
+use crate::Result;
 
-/// Builds a Qwen3 model from `config` and the weights.
-pub fn load(c: &Config, w: &mut Weights) -> Result<Decoder> {
-    let head_dim = c.need(c.head_dim, "head_dim")?;
-    let theta = c
-        .rope_theta
-        .ok_or_else(|| Error::InvalidArgument("config.json lacks `rope_theta`".into()))?;
-    let spec = DecoderSpec {
-        shape: AttentionShape {
-            hidden: c.need(c.hidden_size, "hidden_size")?,
-            heads: c.need(c.num_attention_heads, "num_attention_heads")?,
-            kv_heads: c.need(c.num_key_value_heads, "num_key_value_heads")?,
-            head_dim,
-        },
-        layers: c.need(c.num_hidden_layers, "num_hidden_layers")?,
-        intermediate: c.need(c.intermediate_size, "intermediate_size")?,
-        vocab: c.need(c.vocab_size, "vocab_size")?,
-        eps: c.rms_norm_eps.unwrap_or(1e-6),
+use super::llama::{decoder, sanitize};
+use super::Architecture;
+
+/// `config.json` of a Qwen3 model (every key but `rope_scaling` required,
+/// as in mlx_lm).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Args {
+    /// Width of the residual stream.
+    pub hidden_size: i32,
+    /// Transformer blocks.
+    pub num_hidden_layers: i32,
+    /// Width of the MLP.
+    pub intermediate_size: i32,
+    /// Query heads.
+    pub num_attention_heads: i32,
+    /// Epsilon of the RMS norms.
+    pub rms_norm_eps: f32,
+    /// Vocabulary size.
+    pub vocab_size: i32,
+    /// Key/value heads.
+    pub num_key_value_heads: i32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// Per-head width.
+    pub head_dim: i32,
+    /// Output layer shares the embedding table.
+    pub tie_word_embeddings: bool,
+    /// Hugging Face `rope_scaling`.
+    pub rope_scaling: Option<Value>,
+}
+
+/// Loads a Qwen3 model.
+pub fn load(config: &Config, w: &mut Weights) -> Result<Box<dyn Architecture>> {
+    let a: Args = config.parse()?;
+    let args = super::llama::Args {
+        hidden_size: a.hidden_size,
+        num_hidden_layers: a.num_hidden_layers,
+        intermediate_size: a.intermediate_size,
+        num_attention_heads: a.num_attention_heads,
+        rms_norm_eps: a.rms_norm_eps,
+        vocab_size: a.vocab_size,
+        head_dim: Some(a.head_dim),
+        num_key_value_heads: Some(a.num_key_value_heads),
         attention_bias: false,
         mlp_bias: false,
-        qk_norm: QkNorm::Plain,
-        rope: Rope::from_config(head_dim, theta, false, c.rope_scaling.as_ref())?,
-        tied: c.need(c.tie_word_embeddings.map(i32::from), "tie_word_embeddings")? != 0,
+        rope_theta: a.rope_theta,
+        rope_traditional: false,
+        rope_scaling: a.rope_scaling,
+        tie_word_embeddings: a.tie_word_embeddings,
+        layer_types: None,
+        sliding_window: None,
     };
-    Decoder::load(w, &spec)
+    sanitize(&args, w);
+    let windows = vec![None; args.num_hidden_layers.max(0) as usize];
+    Ok(Box::new(decoder(
+        &args,
+        &windows,
+        w,
+        false,
+        false,
+        QkNorm::Plain,
+    )?))
 }

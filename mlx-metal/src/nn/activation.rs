@@ -1,9 +1,17 @@
-//! Element-wise parts of the forward pass compiled with MLX `compile`
-//! (shapeless, so one trace serves prefill and decode): MLX fuses them into
+//! Gate activations of gated MLPs, compiled with MLX `compile` (shapeless,
+//! so one trace serves prefill and decode): MLX fuses `act(gate) * up` into
 //! one kernel instead of one per op.
 
-use crate::llm::layers::Activation;
 use crate::{compile, Array, Compiled, Result};
+
+/// The gate activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (Llama, Qwen, Mistral, Phi-3).
+    Silu,
+    /// `gelu_tanh(gate) * up` (Gemma).
+    GeluApprox,
+}
 
 thread_local! {
     static SILU_GATE: Option<Compiled> = compile(

@@ -1,5 +1,6 @@
-//! Reading and writing `.safetensors` files through MLX (which maps the
-//! file and loads tensors lazily, without extra copies).
+//! Reading and writing tensor files through MLX: `.safetensors` (mapped
+//! and loaded lazily, without extra copies) and the tensors of `.gguf`
+//! files.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -85,28 +86,10 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Safetensors> {
     })
     .map_err(|e| file_error(path, e))?;
 
-    let mut out = Safetensors::default();
-    // SAFETY: iterator over a live map, freed below.
-    let it = unsafe { sys::mlx_map_string_to_array_iterator_new(arrays.0) };
-    loop {
-        let mut key: *const std::ffi::c_char = std::ptr::null();
-        // SAFETY: a fresh array handle, owned by `value`.
-        let mut value = Array::from_raw(unsafe { sys::mlx_array_new() });
-        // SAFETY: `it` is live; mlx-c writes the key pointer and fills `value`'s handle in place.
-        let rc =
-            unsafe { sys::mlx_map_string_to_array_iterator_next(&mut key, value.raw_mut(), it) };
-        if rc != 0 || key.is_null() {
-            break;
-        }
-        // SAFETY: `key` is a NUL-terminated string owned by the map.
-        let name = unsafe { CStr::from_ptr(key) }
-            .to_string_lossy()
-            .into_owned();
-        out.tensors.insert(name, value);
-    }
-    // SAFETY: `it` was created above and is freed once.
-    unsafe { sys::mlx_map_string_to_array_iterator_free(it) };
-
+    let mut out = Safetensors {
+        tensors: arrays_of(&arrays),
+        ..Default::default()
+    };
     // SAFETY: iterator over a live map, freed below.
     let it = unsafe { sys::mlx_map_string_to_string_iterator_new(strings.0) };
     loop {
@@ -127,6 +110,91 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Safetensors> {
     // SAFETY: `it` was created above and is freed once.
     unsafe { sys::mlx_map_string_to_string_iterator_free(it) };
     Ok(out)
+}
+
+/// Moves the entries of an mlx-c array map into a Rust map.
+fn arrays_of(arrays: &ArrayMap) -> HashMap<String, Array> {
+    let mut out = HashMap::new();
+    // SAFETY: iterator over a live map, freed below.
+    let it = unsafe { sys::mlx_map_string_to_array_iterator_new(arrays.0) };
+    loop {
+        let mut key: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: a fresh array handle, owned by `value`.
+        let mut value = Array::from_raw(unsafe { sys::mlx_array_new() });
+        // SAFETY: `it` is live; mlx-c writes the key pointer and fills `value`'s handle in place.
+        let rc =
+            unsafe { sys::mlx_map_string_to_array_iterator_next(&mut key, value.raw_mut(), it) };
+        if rc != 0 || key.is_null() {
+            break;
+        }
+        // SAFETY: `key` is a NUL-terminated string owned by the map.
+        let name = unsafe { CStr::from_ptr(key) }
+            .to_string_lossy()
+            .into_owned();
+        out.insert(name, value);
+    }
+    // SAFETY: `it` was created above and is freed once.
+    unsafe { sys::mlx_map_string_to_array_iterator_free(it) };
+
+    out
+}
+
+/// Loads the tensors of the GGUF file at `path` with MLX's GGUF reader:
+/// `Q4_0`, `Q4_1` and `Q8_0` tensors become MLX affine-quantised triples
+/// (`NAME.weight` packed as uint32, `NAME.scales`, `NAME.biases`, group size
+/// 32); float tensors keep their type. Validate the file's header first
+/// (`inference::gguf::Gguf::open`): MLX trusts the offsets it reads.
+pub fn load_gguf_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Array>> {
+    let path = path.as_ref();
+    let cpath = c_path(path)?;
+    init();
+    let stream = Stream::default_for(&Device::cpu())?;
+    // SAFETY: a fresh handle, freed by the guard below.
+    let gguf = GgufHandle(unsafe { sys::mlx_io_gguf_new() });
+    let mut gguf = gguf;
+    // SAFETY: `cpath` outlives the call; the handle is owned by the guard and filled in place.
+    call(|| unsafe { sys::mlx_load_gguf(&mut gguf.0, cpath.as_ptr(), stream.raw()) })
+        .map_err(|e| file_error(path, e))?;
+    // SAFETY: a fresh vector handle, freed below.
+    let mut keys = unsafe { sys::mlx_vector_string_new() };
+    // SAFETY: live handles; mlx-c fills `keys`.
+    let listed = call(|| unsafe { sys::mlx_io_gguf_get_keys(&mut keys, gguf.0) });
+    let mut names = Vec::new();
+    if listed.is_ok() {
+        // SAFETY: `keys` is live.
+        let n = unsafe { sys::mlx_vector_string_size(keys) };
+        for i in 0..n {
+            let mut key: *mut std::ffi::c_char = std::ptr::null_mut();
+            // SAFETY: `i` is in range; mlx-c points `key` at a string owned by the vector.
+            let rc = unsafe { sys::mlx_vector_string_get(&mut key, keys, i) };
+            if rc == 0 && !key.is_null() {
+                // SAFETY: NUL-terminated and owned by the live vector.
+                names.push(unsafe { CStr::from_ptr(key) }.to_owned());
+            }
+        }
+    }
+    // SAFETY: created above, freed once.
+    unsafe { sys::mlx_vector_string_free(keys) };
+    listed.map_err(|e| file_error(path, e))?;
+    let mut out = HashMap::with_capacity(names.len());
+    for name in names {
+        // SAFETY: a fresh array handle, owned by `value`.
+        let mut value = Array::from_raw(unsafe { sys::mlx_array_new() });
+        // SAFETY: live handle and key; mlx-c fills `value`'s handle in place.
+        call(|| unsafe { sys::mlx_io_gguf_get_array(value.raw_mut(), gguf.0, name.as_ptr()) })
+            .map_err(|e| file_error(path, e))?;
+        out.insert(name.to_string_lossy().into_owned(), value);
+    }
+    Ok(out)
+}
+
+struct GgufHandle(sys::mlx_io_gguf);
+
+impl Drop for GgufHandle {
+    fn drop(&mut self) {
+        // SAFETY: owned handle, freed once.
+        unsafe { sys::mlx_io_gguf_free(self.0) };
+    }
 }
 
 /// Writes `tensors` and `metadata` to `path` (replacing the file).

@@ -1,0 +1,190 @@
+//! The pre-norm decoder most families share (`h += attn(norm(h));
+//! h += mlp(norm(h))`) between an embedding and an output layer. Families
+//! build its blocks from their own configs; nothing here depends on one.
+
+use crate::llm::weights::Weights;
+use crate::nn::cache::{KvCache, Mask};
+use crate::nn::{Attention, Embedding, Linear, Mlp, RmsNorm};
+use crate::{Array, Result};
+
+/// One pre-norm transformer block.
+#[derive(Debug)]
+pub struct PreNormBlock {
+    /// Self-attention.
+    pub attn: Attention,
+    /// The MLP.
+    pub mlp: Mlp,
+    /// Norm before attention (`input_layernorm`).
+    pub input_norm: RmsNorm,
+    /// Norm before the MLP (`post_attention_layernorm`).
+    pub post_attn_norm: RmsNorm,
+    /// Attends over a sliding window of this many positions.
+    pub window: Option<i32>,
+}
+
+impl PreNormBlock {
+    /// Applies the block.
+    pub fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
+        let h = h.add(
+            &self
+                .attn
+                .forward(&self.input_norm.forward(h)?, mask, cache)?,
+        )?;
+        h.add(&self.mlp.forward(&self.post_attn_norm.forward(&h)?)?)
+    }
+}
+
+/// The sizes [`Decoder::load`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderShape {
+    /// Number of blocks.
+    pub layers: i32,
+    /// Model width.
+    pub hidden: i32,
+    /// Vocabulary size.
+    pub vocab: i32,
+    /// Epsilon of the RMS norms.
+    pub eps: f32,
+    /// Output layer tied to the embedding.
+    pub tied: bool,
+}
+
+/// Embedding, pre-norm blocks, final norm and output layer (the embedding
+/// itself when tied).
+#[derive(Debug)]
+pub struct Decoder {
+    /// Token embedding.
+    pub embed: Embedding,
+    /// The blocks.
+    pub blocks: Vec<PreNormBlock>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Separate output layer, `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+}
+
+impl Decoder {
+    /// Loads `model.embed_tokens`, `layers` blocks under `model.layers.N`
+    /// (`input_layernorm`, `post_attention_layernorm`, and the attention and
+    /// MLP that `block` loads for layer `N` from prefix `model.layers.N`),
+    /// `model.norm` and, unless `tied`, `lm_head`.
+    pub fn load(
+        w: &mut Weights,
+        shape: DecoderShape,
+        mut block: impl FnMut(&mut Weights, &str, i32) -> Result<(Attention, Mlp, Option<i32>)>,
+    ) -> Result<Decoder> {
+        let DecoderShape {
+            layers,
+            hidden,
+            vocab,
+            eps,
+            tied,
+        } = shape;
+        let embed = w.embedding("model.embed_tokens", vocab, hidden)?;
+        let mut blocks = Vec::with_capacity(layers.max(0) as usize);
+        for i in 0..layers {
+            let p = format!("model.layers.{i}");
+            let (attn, mlp, window) = block(w, &p, i)?;
+            blocks.push(PreNormBlock {
+                attn,
+                mlp,
+                input_norm: w.rms_norm(&format!("{p}.input_layernorm"), hidden, eps)?,
+                post_attn_norm: w.rms_norm(
+                    &format!("{p}.post_attention_layernorm"),
+                    hidden,
+                    eps,
+                )?,
+                window,
+            });
+        }
+        let norm = w.rms_norm("model.norm", hidden, eps)?;
+        let lm_head = if tied {
+            None
+        } else {
+            Some(w.linear("lm_head", hidden, vocab, false)?)
+        };
+        Ok(Decoder {
+            embed,
+            blocks,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Final hidden states `[B, L, hidden]` for ids `[B, L]`.
+    pub fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+        let mut h = self.embed.forward(tokens)?;
+        let n = tokens.dim(1)?;
+        let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, n)?;
+        for ((b, cache), mask) in self.blocks.iter().zip(caches.iter_mut()).zip(&masks) {
+            h = b.forward(&h, mask, cache)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// The output layer.
+    pub fn logits(&self, h: &Array) -> Result<Array> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => self.embed.as_linear(h),
+        }
+    }
+
+    /// One cache per block: rotating for windowed blocks.
+    pub fn make_caches(&self) -> Vec<KvCache> {
+        caches_for(self.blocks.iter().map(|b| b.window))
+    }
+}
+
+/// Fresh caches for layers with these windows.
+pub fn caches_for(windows: impl Iterator<Item = Option<i32>>) -> Vec<KvCache> {
+    windows
+        .map(|w| match w {
+            Some(w) => KvCache::rotating(w),
+            None => KvCache::standard(),
+        })
+        .collect()
+}
+
+/// The mask of each layer for `n` new queries: one per kind of layer (full
+/// or each window), made from the first cache of that kind before this
+/// step's update, as mlx_lm does.
+pub fn window_masks(
+    windows: impl Iterator<Item = Option<i32>>,
+    caches: &[KvCache],
+    n: i32,
+) -> Result<Vec<Mask>> {
+    let windows: Vec<Option<i32>> = windows.collect();
+    let mut made: Vec<(Option<i32>, Mask)> = Vec::new();
+    let mut out = Vec::with_capacity(windows.len());
+    for (i, w) in windows.iter().enumerate() {
+        let mask = match made.iter().find(|(mw, _)| mw == w) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let m = caches[i].make_mask(n, *w)?;
+                made.push((*w, m.clone()));
+                m
+            }
+        };
+        out.push(mask);
+    }
+    Ok(out)
+}
+
+impl crate::llm::models::Architecture for Decoder {
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+        Decoder::hidden(self, tokens, caches)
+    }
+
+    fn logits(&self, h: &Array) -> Result<Array> {
+        Decoder::logits(self, h)
+    }
+
+    fn make_caches(&self) -> Vec<KvCache> {
+        Decoder::make_caches(self)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+}

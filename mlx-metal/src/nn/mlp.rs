@@ -1,0 +1,81 @@
+//! The gated MLP, `down(act(gate(x)) * up(x))`, with gate and up stored
+//! apart or fused into one `gate_up_proj` (Phi-3).
+
+use crate::llm::weights::Weights;
+use crate::nn::activation::{gated, Activation};
+use crate::nn::Linear;
+use crate::{Array, Error, Result};
+
+#[derive(Debug)]
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+/// A gated MLP.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_up: GateUp,
+    down_proj: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    /// Loads `prefix.{gate,up,down}_proj`.
+    pub fn load(
+        w: &mut Weights,
+        prefix: &str,
+        hidden: i32,
+        inter: i32,
+        bias: bool,
+        activation: Activation,
+    ) -> Result<Mlp> {
+        Ok(Mlp {
+            gate_up: GateUp::Separate {
+                gate: w.linear(&format!("{prefix}.gate_proj"), hidden, inter, bias)?,
+                up: w.linear(&format!("{prefix}.up_proj"), hidden, inter, bias)?,
+            },
+            down_proj: w.linear(&format!("{prefix}.down_proj"), inter, hidden, bias)?,
+            activation,
+        })
+    }
+
+    /// Loads `prefix.gate_up_proj` (gate rows first, then up) and
+    /// `prefix.down_proj`.
+    pub fn load_fused(
+        w: &mut Weights,
+        prefix: &str,
+        hidden: i32,
+        inter: i32,
+        activation: Activation,
+    ) -> Result<Mlp> {
+        Ok(Mlp {
+            gate_up: GateUp::Fused(w.linear(
+                &format!("{prefix}.gate_up_proj"),
+                hidden,
+                2 * inter,
+                false,
+            )?),
+            down_proj: w.linear(&format!("{prefix}.down_proj"), inter, hidden, false)?,
+            activation,
+        })
+    }
+
+    /// Applies the block.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let h = match &self.gate_up {
+            GateUp::Separate { gate, up } => {
+                gated(self.activation, &gate.forward(x)?, &up.forward(x)?)?
+            }
+            GateUp::Fused(gate_up) => {
+                let [gate, up]: [Array; 2] = gate_up
+                    .forward(x)?
+                    .split(2, -1)?
+                    .try_into()
+                    .map_err(|_| Error::InvalidArgument("gate_up split".into()))?;
+                gated(self.activation, &gate, &up)?
+            }
+        };
+        self.down_proj.forward(&h)
+    }
+}
