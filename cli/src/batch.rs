@@ -84,8 +84,7 @@ fn progress(total: usize) -> ProgressBar {
 /// Runs `mlx-infer classify`.
 pub fn classify(args: ClassifyArgs) -> Result<i32> {
     let parsed = inputs::read(args.input.as_deref(), args.skip_invalid)?;
-    let mut model =
-        crate::generate::load(args.model.clone(), args.backend.as_deref(), args.dtype)?;
+    let mut model = crate::generate::load(args.model.clone(), args.backend.as_deref(), args.dtype)?;
     let opts = ClassifyOptions::default()
         .top_k(args.top_k)
         .labels(args.labels.iter().map(|l| l.as_str()))

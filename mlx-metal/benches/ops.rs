@@ -399,7 +399,7 @@ fn random_block() -> Result<Block> {
         input_norm: w.rms_norm("layer.input_layernorm", h, eps)?,
         post_attn_norm: w.rms_norm("layer.post_attention_layernorm", h, eps)?,
     };
-    // Run once so MLX reads every weight before the directory goes.
+    // Run once: first allocations, and kernel compilation on CUDA.
     block
         .forward(&normal(&[1, 1, h], bf16)?, &mut context_cache()?)?
         .eval()?;
@@ -458,7 +458,11 @@ fn main() {
         .configure_from_args();
     if std::env::args().any(|a| a == "--bench") {
         match Device::default_device() {
-            Ok(d) => eprintln!("ops bench: MLX {} on {d}", mlx_metal::mlx_version()),
+            Ok(d) => eprintln!(
+                "ops bench: MLX {} on {d}, BLAS: {}",
+                mlx_metal::mlx_version(),
+                mlx_metal::blas_info()
+            ),
             Err(e) => fail("(device)", e),
         }
     }

@@ -1,8 +1,10 @@
 //! `cargo xtask bench ops`: the cost of single MLX operations through
 //! `mlx-metal` (the criterion suite `mlx-metal/benches/ops.rs`) and through
 //! Python MLX (`xtask/python/bench_ops.py`, the same cases under the same
-//! names), one after the other in one run, printed side by side as a
+//! names), in one run, printed side by side as a
 //! Markdown table with the ratio Python/Rust (above 1: Rust is faster).
+//! On Linux Python's MLX is made to run on this build's `libmlx` (and its
+//! BLAS) with `LD_PRELOAD`, as `cargo xtask bench` does for mlx_lm.
 //!
 //! The cases run one at a time, the two sides taking turns at going first,
 //! so that on a shared machine both see the same load. Both sides time a
@@ -319,6 +321,12 @@ pub fn run(opts: &Options) -> Result<()> {
     let python = crate::fixtures::python_env()?;
     let script = root().join("xtask/python/bench_ops.py");
     let exe = build_bench()?;
+    // Python's MLX runs on this build's libmlx too (and so on the BLAS
+    // build-mlx gave it, with as many threads as the Rust side uses).
+    let libmlx = crate::bench::build_libmlx()?;
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
 
     let mut list = Command::new(&exe);
     list.arg("--list");
@@ -385,6 +393,11 @@ pub fn run(opts: &Options) -> Result<()> {
                     .arg(exact_filter(std::slice::from_ref(id)))
                     .env("CRITERION_HOME", &criterion_dir);
                 let (ok, _, stderr) = capture(cmd, "the ops bench")?;
+                if i == 0 {
+                    if let Some(line) = stderr.lines().find(|l| l.starts_with("ops bench:")) {
+                        eprintln!("{line}");
+                    }
+                }
                 if !ok {
                     rust_errors.insert(id.clone(), tail(&stderr));
                 }
@@ -393,6 +406,10 @@ pub fn run(opts: &Options) -> Result<()> {
                 cmd.arg(&script)
                     .args(["--quiet", "--samples", &samples, "--warm-up", &warm_up])
                     .args(["--measurement", &measurement, id]);
+                if let Some(lib) = &libmlx {
+                    cmd.env("LD_PRELOAD", lib)
+                        .env("OPENBLAS_NUM_THREADS", &cores);
+                }
                 let (_, stdout, stderr) = capture(cmd, "bench_ops.py")?;
                 let records = parse_python(&stdout)?;
                 if records.is_empty() {
