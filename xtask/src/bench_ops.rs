@@ -25,8 +25,8 @@ use crate::process::{cargo, root};
 /// Options of `cargo xtask bench ops`.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Also run the 2048² and 4096² matmuls (on a CPU without BLAS each
-    /// takes minutes per side: ~5 s and ~45 s a call).
+    /// Also run the 2048² and 4096² matmuls (in bfloat16 on a CPU they
+    /// take minutes per side: ~5 s and ~40 s a call).
     #[arg(long)]
     pub heavy: bool,
     /// Only the cases whose name (`op/dtype/shape`) contains this text.
