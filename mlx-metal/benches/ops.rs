@@ -8,7 +8,12 @@
 //! `q{B}x{H}x{L}x{D}_kv{B}x{Hkv}x{S}x{D}`; embedding `ids{B}x{L}_table{V}x{D}`.
 //!
 //! `chain100_build` alone is not evaluated: it builds the 100-op graph of
-//! `chain100` and drops it, the cost of the Rust layer itself.
+//! `chain100` and drops it: the cost of building ops (this crate and MLX).
+//!
+//! Defaults suit a slow CPU: 10 samples, 0.5 s warm-up, 1.5 s measurement,
+//! flat sampling (every sample the same number of iterations, as the Python
+//! side does); criterion's command-line options override them. Tables are
+//! reported from the median (`target/criterion/**/new/estimates.json`).
 //!
 //! Every case's inputs are made (and evaluated) the first time criterion
 //! calls it, then the case runs once untimed (MLX's CUDA build compiles
@@ -394,7 +399,7 @@ fn random_block() -> Result<Block> {
         input_norm: w.rms_norm("layer.input_layernorm", h, eps)?,
         post_attn_norm: w.rms_norm("layer.post_attention_layernorm", h, eps)?,
     };
-    // Run once so MLX reads every weight before the directory goes.
+    // Run once: first allocations, and kernel compilation on CUDA.
     block
         .forward(&normal(&[1, 1, h], bf16)?, &mut context_cache()?)?
         .eval()?;
@@ -453,7 +458,11 @@ fn main() {
         .configure_from_args();
     if std::env::args().any(|a| a == "--bench") {
         match Device::default_device() {
-            Ok(d) => eprintln!("ops bench: MLX {} on {d}", mlx_metal::mlx_version()),
+            Ok(d) => eprintln!(
+                "ops bench: MLX {} on {d}, BLAS: {}",
+                mlx_metal::mlx_version(),
+                mlx_metal::blas_info()
+            ),
             Err(e) => fail("(device)", e),
         }
     }

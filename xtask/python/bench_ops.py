@@ -11,7 +11,7 @@ of iterations filling about `--measurement` seconds; the median of the
 samples' per-iteration times is reported.
 
     python bench_ops.py --list
-    python bench_ops.py [--samples N] [--warm-up S] [--measurement S] [ID ...]
+    python bench_ops.py [--samples N] [--warm-up S] [--measurement S] [--quiet] [ID ...]
 
 Prints one JSON object per case on stdout: {"id", "median_ns", "samples",
 "iters"} or {"id", "error"}; progress goes to stderr. Exits 1 if a case
@@ -399,6 +399,7 @@ def main():
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--warm-up", type=float, default=0.5, help="seconds")
     p.add_argument("--measurement", type=float, default=1.5, help="seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args()
     cases = all_cases()
     if args.list:
@@ -414,11 +415,13 @@ def main():
         print("bench_ops.py: --samples must be >= 2, times positive", file=sys.stderr)
         return 2
     chosen = [by_id[i] for i in args.ids] if args.ids else cases
-    print(f"bench_ops.py: MLX {mx.__version__} on {mx.default_device()}", file=sys.stderr)
+    if not args.quiet:
+        print(f"bench_ops.py: MLX {mx.__version__} on {mx.default_device()}", file=sys.stderr)
     mx.random.seed(0)
     failed = 0
     for c in chosen:
-        print(f"  {c.id}", file=sys.stderr, flush=True)
+        if not args.quiet:
+            print(f"  {c.id}", file=sys.stderr, flush=True)
         try:
             record = measure(c, args.samples, args.warm_up, args.measurement)
         except Exception as e:  # reported per case; the others still run

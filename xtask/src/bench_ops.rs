@@ -1,10 +1,14 @@
 //! `cargo xtask bench ops`: the cost of single MLX operations through
 //! `mlx-metal` (the criterion suite `mlx-metal/benches/ops.rs`) and through
 //! Python MLX (`xtask/python/bench_ops.py`, the same cases under the same
-//! names), one after the other in one run, printed side by side as a
+//! names), in one run, printed side by side as a
 //! Markdown table with the ratio Python/Rust (above 1: Rust is faster).
+//! On Linux Python's MLX is made to run on this build's `libmlx` (and its
+//! BLAS) with `LD_PRELOAD`, as `cargo xtask bench` does for mlx_lm.
 //!
-//! Both sides time a case the same way: one untimed call, a warm-up that
+//! The cases run one at a time, the two sides taking turns at going first,
+//! so that on a shared machine both see the same load. Both sides time a
+//! case the same way: one untimed call, a warm-up that
 //! also estimates the time of a call, then `--samples` samples of equally
 //! many iterations filling `--measurement` seconds (criterion's flat
 //! sampling); the median per-iteration time is reported.
@@ -21,8 +25,8 @@ use crate::process::{cargo, root};
 /// Options of `cargo xtask bench ops`.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Also run the 2048² and 4096² matmuls (on a CPU without BLAS each
-    /// takes minutes per side: ~5 s and ~45 s a call).
+    /// Also run the 2048² and 4096² matmuls (in bfloat16 on a CPU they
+    /// take minutes per side: ~5 s and ~40 s a call).
     #[arg(long)]
     pub heavy: bool,
     /// Only the cases whose name (`op/dtype/shape`) contains this text.
@@ -151,13 +155,24 @@ struct Row {
     python: Outcome,
 }
 
-/// The rows for `ids`, in that order, joining both sides by name.
-fn join(ids: &[String], rust: &HashMap<String, f64>, python: &[(String, Outcome)]) -> Vec<Row> {
+/// The rows for `ids`, in that order, joining both sides by name
+/// (`rust_errors`: why a Rust case has no result).
+fn join(
+    ids: &[String],
+    rust: &HashMap<String, f64>,
+    python: &[(String, Outcome)],
+    rust_errors: &HashMap<String, String>,
+) -> Vec<Row> {
     let python: HashMap<&str, &Outcome> = python.iter().map(|(k, v)| (k.as_str(), v)).collect();
     ids.iter()
         .map(|id| Row {
             id: id.clone(),
-            rust: rust.get(id).copied().ok_or_else(|| "no result".to_string()),
+            rust: rust.get(id).copied().ok_or_else(|| {
+                rust_errors
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| "no result".to_string())
+            }),
             python: python
                 .get(id.as_str())
                 .map(|o| (*o).clone())
@@ -231,17 +246,54 @@ fn report(rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd`, returning its stdout (stderr is shown); `what` names it.
-fn output(mut cmd: Command, what: &str) -> Result<(bool, String)> {
+/// Runs `cmd` and returns whether it succeeded, its stdout and its stderr.
+fn capture(mut cmd: Command, what: &str) -> Result<(bool, String, String)> {
     let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {what}"))?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// The last lines of `text`, for error messages.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" / ")
+}
+
+/// The path of the `ops` bench executable in cargo's JSON messages.
+fn bench_executable(messages: &str) -> Option<PathBuf> {
+    messages.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let target = v.get("target")?;
+        let is_ops = target.get("name")?.as_str()? == "ops"
+            && target
+                .get("kind")?
+                .as_array()?
+                .iter()
+                .any(|k| k.as_str() == Some("bench"));
+        is_ops
+            .then(|| v.get("executable")?.as_str().map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// Builds the criterion suite (`cargo bench --no-run`) and returns its
+/// executable.
+fn build_bench() -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "mlx-metal", "--bench", "ops", "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit());
+    let (ok, stdout, _) = capture(cmd, "cargo bench -p mlx-metal --no-run")?;
+    if !ok {
+        bail!("cargo bench -p mlx-metal --bench ops --no-run failed");
+    }
+    bench_executable(&stdout).context("cargo built no `ops` bench executable")
 }
 
 /// Runs `cargo xtask bench ops`.
@@ -254,7 +306,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let mut ids: Vec<String> = python.iter().map(|(id, _)| id.clone()).collect();
         let extra: BTreeSet<&String> = rust.keys().filter(|id| !ids.contains(id)).collect();
         ids.extend(extra.into_iter().cloned());
-        return report(&join(&ids, &rust, &python));
+        return report(&join(&ids, &rust, &python, &HashMap::new()));
     }
     if opts.samples < 10 {
         bail!(
@@ -268,32 +320,26 @@ pub fn run(opts: &Options) -> Result<()> {
     crate::build_mlx::run(&crate::build_mlx::Options::default())?;
     let python = crate::fixtures::python_env()?;
     let script = root().join("xtask/python/bench_ops.py");
+    let exe = build_bench()?;
+    // Python's MLX runs on this build's libmlx too (and so on the BLAS
+    // build-mlx gave it, with as many threads as the Rust side uses).
+    let libmlx = crate::bench::build_libmlx()?;
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
 
-    let bench = || {
-        let mut cmd = cargo();
-        cmd.args([
-            "bench",
-            "--quiet",
-            "-p",
-            "mlx-metal",
-            "--bench",
-            "ops",
-            "--",
-        ]);
-        cmd
-    };
-    let mut list = bench();
+    let mut list = Command::new(&exe);
     list.arg("--list");
-    let (ok, stdout) = output(list, "cargo bench -p mlx-metal --bench ops -- --list")?;
+    let (ok, stdout, stderr) = capture(list, "the ops bench")?;
     if !ok {
-        bail!("cargo bench -p mlx-metal --bench ops -- --list failed");
+        bail!("{} --list failed: {}", exe.display(), tail(&stderr));
     }
     let rust_ids = parse_list(&stdout);
     let mut py_list = Command::new(&python);
     py_list.arg(&script).arg("--list");
-    let (ok, stdout) = output(py_list, "bench_ops.py --list")?;
+    let (ok, stdout, stderr) = capture(py_list, "bench_ops.py --list")?;
     if !ok {
-        bail!("{} --list failed", script.display());
+        bail!("{} --list failed: {}", script.display(), tail(&stderr));
     }
     let py_ids: Vec<String> = stdout.lines().map(str::to_string).collect();
     let (r, p): (BTreeSet<&String>, BTreeSet<&String>) =
@@ -332,49 +378,72 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.warm_up.to_string(),
         opts.measurement.to_string(),
     );
-    eprintln!("== mlx-metal (criterion), {} cases", ids.len());
-    let mut rust = bench();
-    rust.args([
-        "--noplot",
-        "--nresamples",
-        "10000",
-        "--sample-size",
-        &samples,
-    ])
-    .args([
-        "--warm-up-time",
-        &warm_up,
-        "--measurement-time",
-        &measurement,
-    ])
-    .arg(exact_filter(&ids))
-    .env("CRITERION_HOME", &criterion_dir)
-    .stdout(Stdio::null());
-    crate::process::run_visible(rust, "cargo bench -p mlx-metal --bench ops")?;
-
-    eprintln!("== Python mlx.core, {} cases", ids.len());
-    let mut py = Command::new(&python);
-    py.arg(&script)
-        .args([
-            "--samples",
-            &samples,
-            "--warm-up",
-            &warm_up,
-            "--measurement",
-            &measurement,
-        ])
-        .args(&ids);
-    let (_, stdout) = output(py, "bench_ops.py")?;
+    // One case at a time, the two sides taking turns at going first, so
+    // that both see the same load on a shared machine.
+    let mut python_records = Vec::new();
+    let mut rust_errors = HashMap::new();
+    let mut python_log = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        for rust_turn in [i % 2 == 0, i % 2 != 0] {
+            if rust_turn {
+                let mut cmd = Command::new(&exe);
+                cmd.args(["--bench", "--noplot", "--nresamples", "10000"])
+                    .args(["--sample-size", &samples, "--warm-up-time", &warm_up])
+                    .args(["--measurement-time", &measurement])
+                    .arg(exact_filter(std::slice::from_ref(id)))
+                    .env("CRITERION_HOME", &criterion_dir);
+                let (ok, _, stderr) = capture(cmd, "the ops bench")?;
+                if i == 0 {
+                    if let Some(line) = stderr.lines().find(|l| l.starts_with("ops bench:")) {
+                        eprintln!("{line}");
+                    }
+                }
+                if !ok {
+                    rust_errors.insert(id.clone(), tail(&stderr));
+                }
+            } else {
+                let mut cmd = Command::new(&python);
+                cmd.arg(&script)
+                    .args(["--quiet", "--samples", &samples, "--warm-up", &warm_up])
+                    .args(["--measurement", &measurement, id]);
+                if let Some(lib) = &libmlx {
+                    cmd.env("LD_PRELOAD", lib)
+                        .env("OPENBLAS_NUM_THREADS", &cores);
+                }
+                let (_, stdout, stderr) = capture(cmd, "bench_ops.py")?;
+                let records = parse_python(&stdout)?;
+                if records.is_empty() {
+                    python_records.push((id.clone(), Err(tail(&stderr))));
+                }
+                python_log.push_str(&stdout);
+                python_records.extend(records);
+            }
+        }
+        let rust = read_criterion(&criterion_dir)?;
+        let row = &join(
+            std::slice::from_ref(id),
+            &rust,
+            &python_records,
+            &rust_errors,
+        )[0];
+        let show = |o: &Outcome| o.as_ref().map_or("failed".into(), |ns| format_time(*ns));
+        eprintln!(
+            "[{}/{}] {id}: Rust {}, Python {}",
+            i + 1,
+            ids.len(),
+            show(&row.rust),
+            show(&row.python)
+        );
+    }
     let results = out_dir.join("python.jsonl");
-    fs::write(&results, &stdout)?;
-    let python = parse_python(&stdout)?;
-    let rust = read_criterion(&criterion_dir)?;
+    fs::write(&results, python_log)?;
     eprintln!(
         "(results: {} and {})",
         criterion_dir.display(),
         results.display()
     );
-    report(&join(&ids, &rust, &python))
+    let rust = read_criterion(&criterion_dir)?;
+    report(&join(&ids, &rust, &python_records, &rust_errors))
 }
 
 #[cfg(test)]
@@ -487,6 +556,7 @@ mod tests {
             &ids(&["chain100/f32/16", "sum/f32/1048576", "argmax/f32/1x32000"]),
             &rust,
             &python,
+            &HashMap::new(),
         );
         assert_eq!(rows[0].python, Ok(250_000.0));
         assert_eq!(rows[1].rust, Ok(2e6));
@@ -508,6 +578,31 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("argmax/f32/1x32000 (Python): boom"), "{err}");
+    }
+
+    #[test]
+    fn rust_failures_carry_their_message() {
+        let errors: HashMap<String, String> =
+            [("sum/f32/1".to_string(), "MLX: out of memory".to_string())].into();
+        let rows = join(&ids(&["sum/f32/1"]), &HashMap::new(), &[], &errors);
+        assert_eq!(rows[0].rust, Err("MLX: out of memory".to_string()));
+        assert_eq!(rows[0].python, Err("no result".to_string()));
+    }
+
+    #[test]
+    fn bench_executable_is_found_in_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"mlx_metal","kind":["lib"]},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"ops","kind":["bench"]},"executable":"/t/release/deps/ops-1"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            bench_executable(messages),
+            Some(PathBuf::from("/t/release/deps/ops-1"))
+        );
+        assert_eq!(bench_executable("not json\n"), None);
     }
 
     #[test]
