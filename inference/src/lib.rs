@@ -6,7 +6,7 @@
 //! [`TextModel`] that streams [`Token`]s.
 //!
 //! ```no_run
-//! use inference::{GenerateOptions, Message};
+//! use inference::{BatchOptions, ClassifyOptions, GenerateOptions, Input, Message};
 //!
 //! let mut model = inference::load_model("models/gemma-3-1b-it")?;
 //! let opts = GenerateOptions::default().max_tokens(128).temperature(0.7);
@@ -14,6 +14,16 @@
 //!     print!("{}", token?.text);
 //! }
 //! let reply = model.chat(&[Message::user("Hi")], &opts).collect_text()?;
+//!
+//! // Many inputs at once: next-token classification and batch generation.
+//! let inputs: Vec<Input> = vec!["I loved it. Sentiment:".into(), "Awful. Sentiment:".into()];
+//! let labels = ClassifyOptions::default().labels([" positive", " negative"]);
+//! for c in model.classify(&inputs, &labels)? {
+//!     println!("{}: {:?}", c.index, c.label);
+//! }
+//! let done = model
+//!     .generate_batch(&inputs, &opts, &BatchOptions::default().batch_size(32))
+//!     .collect_completions()?;
 //! println!("{reply}\n{:?}", model.metrics());
 //! # Ok::<(), inference::Error>(())
 //! ```
