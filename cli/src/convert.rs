@@ -14,13 +14,23 @@ pub struct ConvertArgs {
     /// The directory to write (must not exist, or be empty).
     #[arg(long)]
     out: PathBuf,
+    /// Dequantise and store every weight in this type (`float32`, `bfloat16`
+    /// or `float16`); by default quantised weights stay quantised.
+    #[arg(long, value_parser = ["float32", "bfloat16", "float16"])]
+    dtype: Option<String>,
 }
 
 /// Writes config.json, model.safetensors, tokenizer.json and
 /// tokenizer_config.json to `--out`.
 #[cfg(feature = "metal")]
 pub fn run(args: &ConvertArgs) -> Result<i32> {
-    mlx_metal::llm::gguf::convert(&args.gguf, &args.out)?;
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("float32") => Some(mlx_metal::Dtype::Float32),
+        Some("float16") => Some(mlx_metal::Dtype::Float16),
+        _ => Some(mlx_metal::Dtype::Bfloat16),
+    };
+    mlx_metal::llm::gguf::convert_to(&args.gguf, &args.out, dtype)?;
     eprintln!("wrote {}", args.out.display());
     Ok(0)
 }

@@ -12,7 +12,7 @@ use inference::{
 use serde_json::json;
 
 /// Exit status after Ctrl-C (128 + SIGINT).
-const INTERRUPTED: i32 = 130;
+pub const INTERRUPTED: i32 = 130;
 
 /// Options shared by `generate` and `chat`.
 #[derive(Args, Debug)]
@@ -86,8 +86,30 @@ pub struct ChatArgs {
     common: CommonArgs,
 }
 
+/// Loads `model` (or the default one) with `backend` (or the best),
+/// computing in `dtype`, and says on stderr what was loaded and how it
+/// computes.
+pub fn load(
+    model: Option<PathBuf>,
+    backend: Option<&str>,
+    dtype: ComputeDtype,
+) -> Result<Box<dyn TextModel>> {
+    let dir = crate::model_path::resolve(model)?;
+    let mut opts = LoadOptions::default().dtype(dtype);
+    opts.backend = backend.map(str::to_string);
+    let model = inference::load_model_with(&dir, opts)?;
+    eprintln!("{}", crate::loading::summary(model.info()));
+    Ok(model)
+}
+
 impl CommonArgs {
-    fn options(&self, cancel: CancellationToken) -> GenerateOptions {
+    /// Whether `--json` was given.
+    pub fn json_lines(&self) -> bool {
+        self.json
+    }
+
+    /// The generation options, cancelled by `cancel`.
+    pub fn options(&self, cancel: CancellationToken) -> GenerateOptions {
         let mut o = GenerateOptions::default()
             .max_tokens(self.max_tokens)
             .temperature(self.temperature)
@@ -102,19 +124,14 @@ impl CommonArgs {
         o
     }
 
-    /// Loads the model and says on stderr what was loaded and how it computes.
-    fn load(&self) -> Result<Box<dyn TextModel>> {
-        let dir = crate::model_path::resolve(self.model.clone())?;
-        let mut opts = LoadOptions::default().dtype(self.dtype);
-        opts.backend = self.backend.clone();
-        let model = inference::load_model_with(&dir, opts)?;
-        eprintln!("{}", crate::loading::summary(model.info()));
-        Ok(model)
+    /// Loads the model these options name.
+    pub fn load(&self) -> Result<Box<dyn TextModel>> {
+        load(self.model.clone(), self.backend.as_deref(), self.dtype)
     }
 }
 
 /// Cancels `token` on Ctrl-C (installed once per process).
-fn cancel_on_ctrl_c() -> Result<CancellationToken> {
+pub fn cancel_on_ctrl_c() -> Result<CancellationToken> {
     let token = CancellationToken::new();
     let t = token.clone();
     ctrlc::set_handler(move || t.cancel()).context("cannot install the Ctrl-C handler")?;

@@ -1,9 +1,11 @@
 //! `mlx-infer`: run local language models from the command line.
 
 mod backends;
+mod batch;
 mod bench;
 mod convert;
 mod generate;
+mod inputs;
 mod linked;
 mod loading;
 mod model_path;
@@ -27,6 +29,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with a model using its own chat template.
     Chat(generate::ChatArgs),
+    /// The next-token distribution after each input line (labels, top-k), batched.
+    Classify(batch::ClassifyArgs),
+    /// A completion for each input line, generated in batches.
+    Batch(batch::BatchArgs),
     /// Time prompt processing and generation (one JSON line per run).
     Bench(bench::BenchArgs),
     /// Write a GGUF file as an MLX model directory (config.json, model.safetensors, tokenizer).
@@ -43,6 +49,8 @@ fn main() {
         Command::Backends => backends::run(&mut std::io::stdout()),
         Command::Generate(args) => generate::generate(args),
         Command::Chat(args) => generate::chat(args),
+        Command::Classify(args) => batch::classify(args),
+        Command::Batch(args) => batch::batch(args),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),

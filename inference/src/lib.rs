@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod batch;
 pub mod discover;
 mod error;
 pub mod gguf;
@@ -32,6 +33,10 @@ mod stop;
 mod stream;
 
 pub use backend::{native_backend_name, Backend, BackendRegistration, BackendStatus};
+pub use batch::{
+    BatchEvent, BatchOptions, BatchStream, Classification, ClassifyOptions, Completion, Input,
+    TokenScore,
+};
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{GenerateOptions, Message, TokenStream};
+use crate::{
+    BatchEvent, BatchOptions, BatchStream, Classification, ClassifyOptions, Completion,
+    GenerateOptions, Input, Message, StopReason, TokenStream,
+};
 
 /// What a loaded model is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,6 +85,67 @@ pub trait TextModel: Send {
     /// Streams the reply to a conversation rendered with the model's own
     /// chat template.
     fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a>;
+
+    /// The next-token distribution after each input: the top token, the
+    /// top-k and label probabilities as `opts` asks, in input order.
+    /// Backends that cannot batch answer one input at a time; the default
+    /// answers [`Unsupported`](crate::Error::Unsupported).
+    fn classify(
+        &mut self,
+        inputs: &[Input],
+        opts: &ClassifyOptions,
+    ) -> crate::Result<Vec<Classification>> {
+        let _ = (inputs, opts);
+        Err(crate::Error::Unsupported(format!(
+            "the {} backend cannot classify",
+            self.info().backend
+        )))
+    }
+
+    /// Completions of many inputs, streamed as `(index, token)` events as
+    /// rows produce them and a [`Completion`] as each row stops. The
+    /// default generates one input after the other.
+    fn generate_batch<'a>(
+        &'a mut self,
+        inputs: &[Input],
+        opts: &GenerateOptions,
+        batch: &BatchOptions,
+    ) -> BatchStream<'a> {
+        let _ = batch;
+        let mut events = Vec::new();
+        for (index, input) in inputs.iter().enumerate() {
+            let mut stream = match input {
+                Input::Prompt(p) => self.generate(p, opts),
+                Input::Chat(m) => self.chat(m, opts),
+            };
+            let mut ids = Vec::new();
+            let mut text = String::new();
+            for token in stream.by_ref() {
+                match token {
+                    Ok(token) => {
+                        ids.push(token.id);
+                        text.push_str(&token.text);
+                        events.push(Ok(BatchEvent::Token { index, token }));
+                    }
+                    Err(e) => {
+                        events.push(Err(e));
+                        return BatchStream::new(events.into_iter());
+                    }
+                }
+            }
+            let reason = stream.stop_reason().unwrap_or(StopReason::MaxTokens);
+            drop(stream);
+            let prompt_tokens = self.metrics().prompt_tokens;
+            events.push(Ok(BatchEvent::Done(Completion::new(
+                index,
+                ids,
+                text,
+                reason,
+                prompt_tokens,
+            ))));
+        }
+        BatchStream::new(events.into_iter())
+    }
 
     /// Figures from the most recent generation.
     fn metrics(&self) -> Metrics;

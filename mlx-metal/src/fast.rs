@@ -59,6 +59,34 @@ pub fn rope(
     })
 }
 
+/// [`rope`] with a position offset per batch row: `offset` is an int32
+/// array of shape `[batch]`.
+pub fn rope_dynamic(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    base: Option<f32>,
+    scale: f32,
+    offset: &Array,
+    freqs: Option<&Array>,
+) -> Result<Array> {
+    let f = freqs.map_or_else(null_array, Array::raw);
+    // SAFETY: handles are valid or null where mlx-c allows it; `res` is owned by the result.
+    Array::build(|res, s| unsafe {
+        sys::mlx_fast_rope_dynamic(
+            res,
+            x.raw(),
+            dims,
+            traditional,
+            opt_float(base),
+            scale,
+            offset.raw(),
+            f,
+            s,
+        )
+    })
+}
+
 /// The mask given to [`scaled_dot_product_attention`].
 #[derive(Debug, Clone, Copy)]
 pub enum AttentionMask<'a> {

@@ -205,7 +205,8 @@ fn greedy_ids_and_tokens_equal_mlx_lm_on_the_converted_directory() {
             .collect()
     };
 
-    let mut model = NativeModel::load(&file).unwrap();
+    // The same weights as mlx_lm's, scales in their stored float16.
+    let mut model = NativeModel::load_with_dtype(&file, inference::ComputeDtype::Model).unwrap();
     let prompt = model.chat_prompt(&[Message::user(QUESTION)]).unwrap();
     assert_eq!(prompt, ids(&reference["prompt"]), "chat prompt ids");
     let (greedy, text) = greedy_chat(&mut model, QUESTION, 32);

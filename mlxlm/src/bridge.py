@@ -11,6 +11,8 @@ Speaks JSON lines: one request per line on stdin, replies on stdout.
           "generated_tokens": N, "prompt_tps": X, "generation_tps": X,
           "peak_memory_bytes": N}
        | {"error": MESSAGE}
+  {"op": "classify", "inputs": [{"prompt"} | {"messages"}...], "top_k": K, "labels": [...]}
+                     -> {"results": [{"top": [[id, text, logprob]...], "labels": [logprob...], "prompt_tokens"}...]}
   {"op": "cancel"}   (while generating) -> the stream ends with reason "cancelled"
   {"op": "close"}    -> the process exits
 
@@ -245,6 +247,34 @@ def generate(req):
     )
 
 
+def classify(req):
+    """The next-token distribution after each input, one at a time."""
+    mx = STATE["mx"]
+    model, tokenizer = STATE["model"], STATE["tokenizer"]
+    label_ids = []
+    for label in req.get("labels", []):
+        ids = tokenizer.encode(label, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"label {label!r} encodes to no tokens")
+        label_ids.append(ids[0])
+    k = max(1, int(req.get("top_k", 0)))
+    results = []
+    for item in req["inputs"]:
+        prompt = encode(item)
+        logits = model(mx.array(prompt)[None])[0, -1].astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        order = mx.argsort(-logprobs)[:k].tolist()
+        values = logprobs.tolist()
+        results.append(
+            {
+                "top": [[i, tokenizer.decode([i]), values[i]] for i in order],
+                "labels": [values[i] for i in label_ids],
+                "prompt_tokens": len(prompt),
+            }
+        )
+    send({"results": results})
+
+
 def main():
     threading.Thread(target=read_stdin, daemon=True).start()
     send({"ready": True})
@@ -263,6 +293,8 @@ def main():
                 send({"ok": True, "info": load(req["path"], req.get("dtype", "auto"))})
             elif op == "generate":
                 generate(req)
+            elif op == "classify":
+                classify(req)
             elif op == "cancel":
                 continue
             elif op == "close":

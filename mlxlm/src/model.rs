@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use inference::{
-    ComputeDtype, GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token,
-    TokenSource, TokenStream,
+    Classification, ClassifyOptions, ComputeDtype, GenerateOptions, Input, Message, Metrics,
+    ModelInfo, StopReason, TextModel, Token, TokenScore, TokenSource, TokenStream,
 };
 use serde_json::{json, Value};
 
@@ -111,6 +111,92 @@ impl MlxLmModel {
 impl TextModel for MlxLmModel {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// mlx_lm has no batched classification: the bridge runs the inputs one
+    /// after the other and reports what the native backend reports.
+    fn classify(
+        &mut self,
+        inputs: &[Input],
+        opts: &ClassifyOptions,
+    ) -> inference::Result<Vec<Classification>> {
+        opts.batch.validate()?;
+        let started = std::time::Instant::now();
+        let items: Vec<Value> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Prompt(p) => json!({ "prompt": p }),
+                Input::Chat(m) => json!({ "messages": m }),
+            })
+            .collect();
+        self.bridge.send(&json!({
+            "op": "classify",
+            "inputs": items,
+            "top_k": opts.top_k,
+            "labels": opts.labels,
+        }))?;
+        let reply = self.bridge.recv()?;
+        let protocol = |problem: &str| Error::Protocol {
+            line: reply.to_string(),
+            problem: problem.into(),
+            stderr: String::new(),
+        };
+        let results = reply
+            .get("results")
+            .and_then(Value::as_array)
+            .filter(|r| r.len() == inputs.len())
+            .ok_or_else(|| protocol("expected one result per input"))?;
+        let mut out = Vec::with_capacity(results.len());
+        let mut prompt_tokens = 0;
+        for (index, r) in results.iter().enumerate() {
+            let top: Vec<TokenScore> = r
+                .get("top")
+                .and_then(Value::as_array)
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|e| {
+                            Some(TokenScore::new(
+                                e.get(0)?.as_u64()? as u32,
+                                e.get(1)?.as_str()?,
+                                e.get(2)?.as_f64()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .filter(|t: &Vec<TokenScore>| !t.is_empty())
+                .ok_or_else(|| protocol("a result without its top tokens"))?;
+            let n = r.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
+            prompt_tokens += n;
+            let mut c = Classification::new(index, top[0].clone(), n);
+            if opts.top_k > 0 {
+                c.top_k = top.into_iter().take(opts.top_k).collect();
+            }
+            if !opts.labels.is_empty() {
+                let lps: Vec<f64> = r
+                    .get("labels")
+                    .and_then(Value::as_array)
+                    .map(|l| l.iter().filter_map(Value::as_f64).collect())
+                    .filter(|l: &Vec<f64>| l.len() == opts.labels.len())
+                    .ok_or_else(|| protocol("a result without its label scores"))?;
+                c.scores = opts
+                    .labels
+                    .iter()
+                    .cloned()
+                    .zip(lps.iter().map(|lp| lp.exp()))
+                    .collect();
+                c.label = c
+                    .scores
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(l, _)| l.clone());
+            }
+            out.push(c);
+        }
+        let mut m = Metrics::default();
+        m.prompt_tokens = prompt_tokens;
+        m.prompt_tps = prompt_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        self.metrics = m;
+        Ok(out)
     }
 
     fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a> {

@@ -27,7 +27,7 @@ import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 from mlx_lm import load  # noqa: E402
 from mlx_lm.convert import convert  # noqa: E402
-from mlx_lm.generate import generate_step  # noqa: E402
+from mlx_lm.generate import batch_generate, generate_step  # noqa: E402
 from mlx_lm.sample_utils import make_sampler  # noqa: E402
 from mlx_lm.utils import save_config, save_model  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
@@ -351,8 +351,23 @@ def record(model_dir):
     chat_ids = tokenizer.encode(chat_text, add_special_tokens=False)
     chat_logits = model(mx.array(chat_ids)[None])[0, -1].astype(mx.float32)
     chat_greedy, chat_reason = greedy(model, chat_ids, eos_ids)
+    # A batch mixing short and long prompts (the raw prompt three times over
+    # is longer than Gemma's window), through mlx_lm's batch_generate.
+    short_ids = tokenizer.encode("Hi", add_special_tokens=True)
+    long_ids = tokenizer.encode(" ".join([RAW_PROMPT] * 3), add_special_tokens=add_special)
+    batch_prompts = [raw_ids, chat_ids, short_ids, long_ids]
+    try:
+        batch = batch_generate(model, tokenizer, batch_prompts, max_tokens=MAX_TOKENS, return_token_ids=True)
+        batch_ids = [[int(t) for t in ids if int(t) not in eos_ids] for ids in batch.token_ids]
+        batch_source = "batch_generate"
+    except ValueError as e:
+        # mlx_lm 0.32.2's Gemma 2 attention cannot broadcast a batch mask
+        # over grouped query heads; its single-prompt answers stand in.
+        batch_ids = [greedy(model, p, eos_ids)[0] for p in batch_prompts]
+        batch_source = f"generate_step (batch_generate failed: {e})"
     ref = {
         "model_type": config["model_type"],
+        "batch": {"prompt_ids": batch_prompts, "greedy_ids": batch_ids, "source": batch_source},
         "quantization": config.get("quantization"),
         "eos_token_ids": eos_ids,
         "max_tokens": MAX_TOKENS,

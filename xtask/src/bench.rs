@@ -165,7 +165,7 @@ fn default_model(python: &Path) -> Result<PathBuf> {
 /// mlx_lm side preloads so that Python's MLX bindings run on it (and on
 /// the BLAS build-mlx gave it). `None` where that is not done (macOS: the
 /// pip wheel already uses Accelerate).
-fn build_libmlx() -> Result<Option<PathBuf>> {
+pub(crate) fn build_libmlx() -> Result<Option<PathBuf>> {
     if !cfg!(target_os = "linux") {
         return Ok(None);
     }

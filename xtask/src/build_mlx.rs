@@ -210,6 +210,12 @@ fn link_dist(dist: &Path, prefix: &Path) -> Result<()> {
         .with_context(|| format!("cannot link {} -> {}", dist.display(), prefix.display()))?;
     #[cfg(not(unix))]
     bail!("build-mlx supports Linux and macOS only");
+    // mlx-metal-sys rebuilds when dist/paths.txt is newer than its last
+    // build; a build made earlier (another checkout's) is not, so renew it.
+    let paths = prefix.join("paths.txt");
+    if let Ok(text) = fs::read(&paths) {
+        fs::write(&paths, text)?;
+    }
     Ok(())
 }
 

@@ -6,8 +6,12 @@
 //! - `cargo xtask default-model`: fetch SmolLM2-135M-Instruct (once) into the cache.
 //! - `cargo xtask demo`: build what is missing and chat with the default model.
 //! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
+//! - `cargo xtask bench ops`: single MLX operations, mlx-metal vs Python MLX.
+//! - `cargo xtask bench classify|batch`: batched inference, mlx_lm vs mlx-infer.
 
 mod bench;
+mod bench_batch;
+mod bench_ops;
 mod blas;
 mod build_mlx;
 mod default_model;
@@ -38,14 +42,36 @@ enum Command {
         #[arg(long, default_value = "What is the capital of France?")]
         prompt: String,
     },
-    /// Time mlx_lm and the native backend on the same model and print the ratios.
-    Bench(bench::Options),
+    /// Time mlx_lm and the native backend on the same model and print the
+    /// ratios (`bench ops`: single MLX operations, mlx-metal vs Python MLX).
+    Bench(BenchArgs),
     /// Build what is missing, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `cargo xtask bench [OPTIONS]` or `cargo xtask bench ops [OPTIONS]`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+    #[command(flatten)]
+    model: bench::Options,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time single MLX operations through mlx-metal (criterion) and through
+    /// Python MLX, and print them side by side.
+    Ops(bench_ops::Options),
+    /// Sentences/s of next-token classification, mlx_lm vs mlx-infer.
+    Classify(bench_batch::Options),
+    /// Generated tok/s of batched greedy completions, mlx_lm vs mlx-infer.
+    Batch(bench_batch::Options),
 }
 
 fn main() {
@@ -59,7 +85,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::BuildMlx(opts) => build_mlx::run(&opts),
         Command::Fixtures => fixtures::run().map(|_| ()),
-        Command::Bench(opts) => bench::run(&opts),
+        Command::Bench(args) => match args.what {
+            Some(BenchWhat::Ops(opts)) => bench_ops::run(&opts),
+            Some(BenchWhat::Classify(opts)) => bench_batch::run(bench_batch::Mode::Classify, &opts),
+            Some(BenchWhat::Batch(opts)) => bench_batch::run(bench_batch::Mode::Batch, &opts),
+            None => bench::run(&args.model),
+        },
         Command::DefaultModel => default_model::run().map(|_| ()),
         Command::Demo { prompt } => {
             build_mlx::run(&build_mlx::Options::default())?;

@@ -607,6 +607,12 @@ fn tokenizer_of(g: &Gguf) -> Result<(Value, Value)> {
 /// # Ok::<(), mlx_metal::Error>(())
 /// ```
 pub fn convert(gguf: &Path, out: &Path) -> Result<()> {
+    convert_to(gguf, out, None)
+}
+
+/// [`convert`], with every weight in `dtype` when given: quantised tensors
+/// are dequantised and the `quantization` block dropped, float tensors cast.
+pub fn convert_to(gguf: &Path, out: &Path, dtype: Option<Dtype>) -> Result<()> {
     let occupied = std::fs::read_dir(out).map(|mut d| d.next().is_some());
     match occupied {
         Ok(true) => {
@@ -618,7 +624,10 @@ pub fn convert(gguf: &Path, out: &Path) -> Result<()> {
         Err(_) if out.exists() => return Err(bad(out, "exists and is not a directory")),
         _ => {}
     }
-    let model = load(gguf)?;
+    let mut model = load(gguf)?;
+    if let Some(dtype) = dtype {
+        dense(&mut model, dtype)?;
+    }
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -634,6 +643,44 @@ pub fn convert(gguf: &Path, out: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Dequantises every MLX-quantised triple and casts all float tensors to
+/// `dtype`.
+fn dense(model: &mut GgufModel, dtype: Dtype) -> Result<()> {
+    let modules: Vec<String> = model
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".scales").map(str::to_string))
+        .collect();
+    for module in modules {
+        let take = |t: &mut HashMap<String, Array>, s: &str| {
+            t.remove(&format!("{module}.{s}"))
+                .ok_or_else(|| Error::InvalidArgument(format!("`{module}.{s}` is missing")))
+        };
+        let weight = take(&mut model.tensors, "weight")?;
+        let scales = take(&mut model.tensors, "scales")?;
+        let biases = take(&mut model.tensors, "biases")?;
+        let bits = weight.dim(-1)? / scales.dim(-1)?;
+        let q = crate::QuantizedWeight {
+            weight,
+            scales,
+            biases,
+            group_size: GROUP_SIZE as i32,
+            bits,
+        };
+        model
+            .tensors
+            .insert(format!("{module}.weight"), q.dequantize()?);
+    }
+    for t in model.tensors.values_mut() {
+        *t = t.astype(dtype)?;
+    }
+    if let Some(c) = model.config_json.as_object_mut() {
+        c.remove("quantization");
+    }
+    model.config = Config::from_value(model.config_json.clone(), &model.config.path)?;
+    Ok(())
 }
 
 fn write_dir(model: &GgufModel, dir: &Path) -> Result<()> {

@@ -2,6 +2,7 @@
 //! architectures, tokenizer, chat templates, sampling and the
 //! generation loop.
 
+pub mod batch;
 pub mod chat_template;
 pub mod config;
 pub mod dtype;

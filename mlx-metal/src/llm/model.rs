@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use inference::{
-    ComputeDtype, GenerateOptions, Message, Metrics, ModelInfo, StopReason, TextModel, Token,
-    TokenSource, TokenStream,
+    BatchOptions, BatchStream, Classification, ClassifyOptions, ComputeDtype, GenerateOptions,
+    Input, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource, TokenStream,
 };
 
+use crate::llm::batch::{self, BatchGeneration};
 use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
 use crate::llm::config::Config;
 use crate::llm::dtype::DtypeChoice;
@@ -142,6 +143,18 @@ impl NativeModel {
         self.tokenizer.encode(&text, false)
     }
 
+    /// The prompt ids of each input (raw prompts as `generate` encodes
+    /// them, conversations through the chat template).
+    pub fn encode_inputs(&self, inputs: &[Input]) -> Result<Vec<Vec<u32>>> {
+        inputs
+            .iter()
+            .map(|input| match input {
+                Input::Prompt(p) => self.tokenizer.encode_prompt(p),
+                Input::Chat(m) => self.chat_prompt(m),
+            })
+            .collect()
+    }
+
     fn stream(&mut self, prompt: Result<Vec<u32>>, opts: &GenerateOptions) -> TokenStream<'_> {
         if let Err(e) = opts.validate() {
             return TokenStream::failed(e);
@@ -212,6 +225,56 @@ impl TextModel for NativeModel {
     fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a> {
         let ids = self.chat_prompt(messages);
         self.stream(ids, opts)
+    }
+
+    fn classify(
+        &mut self,
+        inputs: &[Input],
+        opts: &ClassifyOptions,
+    ) -> inference::Result<Vec<Classification>> {
+        let started = std::time::Instant::now();
+        crate::reset_peak_memory()?;
+        let prompts = self.encode_inputs(inputs)?;
+        let out = batch::classify(self.arch.as_ref(), &self.tokenizer, &prompts, opts)?;
+        let mut m = Metrics::default();
+        m.prompt_tokens = prompts.iter().map(Vec::len).sum();
+        m.prompt_tps = m.prompt_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        m.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
+        self.metrics = m;
+        Ok(out)
+    }
+
+    fn generate_batch<'a>(
+        &'a mut self,
+        inputs: &[Input],
+        opts: &GenerateOptions,
+        batch: &BatchOptions,
+    ) -> BatchStream<'a> {
+        let prompts = match self.encode_inputs(inputs) {
+            Ok(p) => p,
+            Err(e) => return BatchStream::failed(e.into()),
+        };
+        if let Err(e) = crate::reset_peak_memory() {
+            return BatchStream::failed(e.into());
+        }
+        self.metrics = Metrics::default();
+        self.metrics.prompt_tokens = prompts.iter().map(Vec::len).sum();
+        let started = std::time::Instant::now();
+        let generation =
+            match BatchGeneration::new(self.arch.as_ref(), &self.tokenizer, prompts, opts, batch) {
+                Ok(g) => g,
+                Err(e) => return BatchStream::failed(e.into()),
+            };
+        let metrics = &mut self.metrics;
+        let mut generation = generation;
+        BatchStream::new(std::iter::from_fn(move || {
+            let item = generation.next_event();
+            metrics.generated_tokens = generation.generated;
+            metrics.generation_tps =
+                generation.generated as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            metrics.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
+            item.map(|r| r.map_err(inference::Error::from))
+        }))
     }
 
     fn metrics(&self) -> Metrics {

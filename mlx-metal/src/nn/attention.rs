@@ -161,9 +161,9 @@ impl Attention {
         let q = heads_of(q, heads, &self.q_norm)?;
         let k = heads_of(k, kv_heads, &self.k_norm)?;
         let v = heads_of(v, kv_heads, &None)?;
-        let offset = cache.offset();
-        let q = self.rope.forward(&q, offset)?;
-        let k = self.rope.forward(&k, offset)?;
+        let positions = cache.positions()?;
+        let q = self.rope.apply(&q, &positions)?;
+        let k = self.rope.apply(&k, &positions)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let o = match self.softcap {
             None => scaled_dot_product_attention(&q, &k, &v, self.scale, mask.as_attention())?,
@@ -202,7 +202,16 @@ impl Attention {
                 let keep = crate::nn::cache::causal_mask(l, n - l, None)?;
                 scores = masked(&scores, &keep)?;
             }
-            Mask::Array(keep) => scores = masked(&scores, keep)?,
+            Mask::Array(keep) => {
+                // A batch mask `[B, 1, n, keys]` gains the axis of the
+                // grouped query heads.
+                let keep = if repeats > 1 && keep.ndim() == 4 {
+                    keep.expand_dims(&[2])?
+                } else {
+                    keep.clone()
+                };
+                scores = masked(&scores, &keep)?
+            }
         }
         let out = scores.softmax(&[-1], true)?.matmul(&v)?;
         if repeats > 1 {

@@ -1,8 +1,10 @@
 //! Key/value caches, as mlx_lm keeps them: a standard cache grown in steps
-//! of 256 positions and a rotating cache for sliding-window layers.
+//! of 256 positions, a rotating cache for sliding-window layers, and a
+//! batch cache holding many left-padded rows, each at its own position.
 
 use crate::fast::AttentionMask;
-use crate::{Array, Dtype, Result};
+use crate::nn::Positions;
+use crate::{Array, Dtype, Error, Result};
 
 const STEP: i32 = 256;
 
@@ -50,6 +52,8 @@ pub enum KvCache {
     Standard(StandardCache),
     /// Keeps the last `max_size` positions.
     Rotating(RotatingCache),
+    /// Many rows, left-padded, each at its own position.
+    Batch(BatchCache),
 }
 
 impl KvCache {
@@ -66,11 +70,20 @@ impl KvCache {
         })
     }
 
-    /// Positions processed so far.
+    /// Positions processed so far (for a batch cache: the columns written).
     pub fn offset(&self) -> i32 {
         match self {
             KvCache::Standard(c) => c.offset,
             KvCache::Rotating(c) => c.offset,
+            KvCache::Batch(c) => c.start + c.idx,
+        }
+    }
+
+    /// Where this step's new tokens start, for RoPE.
+    pub fn positions(&self) -> Result<Positions> {
+        match self {
+            KvCache::Batch(c) => c.positions(),
+            other => Ok(Positions::Same(other.offset())),
         }
     }
 
@@ -80,6 +93,7 @@ impl KvCache {
         match self {
             KvCache::Standard(c) => c.update_and_fetch(keys, values),
             KvCache::Rotating(c) => c.update_and_fetch(keys, values),
+            KvCache::Batch(c) => c.update_and_fetch(keys, values),
         }
     }
 
@@ -92,6 +106,7 @@ impl KvCache {
                 None => Ok(Mask::Causal),
             },
             KvCache::Rotating(c) => c.make_mask(n, window),
+            KvCache::Batch(c) => c.make_mask(n, window),
         }
     }
 
@@ -100,8 +115,264 @@ impl KvCache {
         let kv = match self {
             KvCache::Standard(c) => &c.kv,
             KvCache::Rotating(c) => &c.kv,
+            KvCache::Batch(c) => &c.kv,
         };
         kv.iter().flat_map(|(k, v)| [k, v]).collect()
+    }
+}
+
+/// Many sequences in one cache, as mlx_lm's `BatchKVCache`: rows are
+/// left-padded so that all write at the same column; each row's tokens
+/// start at its own column, so each has its own position. A sliding-window
+/// layer's batch cache drops the columns no row can see any more, so its
+/// memory stays bounded by the window (plus a step).
+///
+/// Columns are counted from a fixed origin (`start` is the origin column of
+/// the buffer's first slot), so dropping old columns or merging two batches
+/// never moves a row's positions.
+#[derive(Debug, Default)]
+pub struct BatchCache {
+    kv: Option<Kv>,
+    /// Origin column of buffer slot 0.
+    start: i32,
+    /// Slots written.
+    idx: i32,
+    /// Column of each row's first real token.
+    left: Vec<i32>,
+    window: Option<i32>,
+    /// Keeps nothing: one forward pass whose keys and values are not needed
+    /// afterwards (classification).
+    transient: bool,
+}
+
+impl KvCache {
+    /// An empty batch cache for rows left-padded by `left_padding` columns;
+    /// `window` for sliding-window layers.
+    pub fn batch(left_padding: &[i32], window: Option<i32>) -> KvCache {
+        KvCache::Batch(BatchCache {
+            left: left_padding.to_vec(),
+            window,
+            ..Default::default()
+        })
+    }
+
+    /// A batch cache for a single forward pass whose keys and values are
+    /// not kept (prefill-only work such as classification): no buffer is
+    /// allocated or written; a second pass is an error.
+    pub fn batch_transient(left_padding: &[i32], window: Option<i32>) -> KvCache {
+        KvCache::Batch(BatchCache {
+            left: left_padding.to_vec(),
+            window,
+            transient: true,
+            ..Default::default()
+        })
+    }
+
+    /// The batch cache, or an error for a single-sequence cache.
+    fn as_batch(&mut self) -> Result<&mut BatchCache> {
+        match self {
+            KvCache::Batch(c) => Ok(c),
+            _ => Err(Error::InvalidArgument("not a batch cache".into())),
+        }
+    }
+
+    /// Keeps only `rows` (in that order) of a batch cache.
+    pub fn filter(&mut self, rows: &[usize]) -> Result<()> {
+        self.as_batch()?.filter(rows)
+    }
+
+    /// Appends the rows of `other` (a batch cache of the same layer) below
+    /// this one's, aligning both at their last written column.
+    pub fn extend(&mut self, other: KvCache) -> Result<()> {
+        let KvCache::Batch(other) = other else {
+            return Err(Error::InvalidArgument("not a batch cache".into()));
+        };
+        self.as_batch()?.extend(other)
+    }
+
+    /// Rows of a batch cache (1 for a single-sequence cache).
+    pub fn rows(&self) -> usize {
+        match self {
+            KvCache::Batch(c) => c.left.len(),
+            _ => 1,
+        }
+    }
+
+    /// The window a cache was made for (`None`: full attention).
+    pub fn window(&self) -> Option<i32> {
+        match self {
+            KvCache::Standard(_) => None,
+            KvCache::Rotating(c) => Some(c.max_size),
+            KvCache::Batch(c) => c.window,
+        }
+    }
+}
+
+impl BatchCache {
+    fn end(&self) -> i32 {
+        self.start + self.idx
+    }
+
+    fn positions(&self) -> Result<Positions> {
+        let end = self.end();
+        let offsets: Vec<i32> = self.left.iter().map(|l| end - l).collect();
+        Ok(Positions::PerRow(Array::from_vec(&offsets)?))
+    }
+
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
+        let prev = self.idx;
+        let s = keys.dim(2)?;
+        if self.transient {
+            if prev > 0 {
+                return Err(Error::InvalidArgument(
+                    "a transient batch cache serves one forward pass".into(),
+                ));
+            }
+            self.idx = s;
+            return Ok((keys.clone(), values.clone()));
+        }
+        let capacity = match &self.kv {
+            Some((k, _)) => k.dim(2)?,
+            None => 0,
+        };
+        if self.kv.is_none() || prev + s > capacity {
+            let mut kv = self.kv.take();
+            if prev < capacity {
+                kv = kv.map(|kv| positions(&kv, 0, prev)).transpose()?;
+            }
+            self.kv = Some(grow(kv, keys, values, STEP * ((STEP + s - 1) / STEP))?);
+        }
+        self.idx += s;
+        let (kv, out) = store(
+            self.kv.as_ref().expect("allocated above"),
+            keys,
+            values,
+            prev,
+            self.idx,
+        )?;
+        self.kv = Some(kv);
+        self.drop_old()?;
+        Ok(out)
+    }
+
+    /// Drops the columns that left every row's window, once there are more
+    /// than a step of them (the next queries see only the last `window`).
+    fn drop_old(&mut self) -> Result<()> {
+        let Some(w) = self.window else {
+            return Ok(());
+        };
+        let excess = self.idx - w;
+        if excess < STEP {
+            return Ok(());
+        }
+        if let Some(kv) = self.kv.take() {
+            let cap = kv.0.dim(2)?;
+            self.kv = Some(positions(&kv, excess, cap)?);
+        }
+        self.start += excess;
+        self.idx -= excess;
+        Ok(())
+    }
+
+    /// `[B, 1, n, keys]` keep-mask for `n` new queries (taken before the
+    /// update): a row sees its own real columns, causally, within the window.
+    fn make_mask(&self, n: i32, window: Option<i32>) -> Result<Mask> {
+        let total = self.idx + n;
+        let b = self.left.len() as i32;
+        let cols =
+            Array::arange(0.0, total as f64, 1.0, Dtype::Int32)?.reshape(&[1, 1, 1, total])?;
+        let queries = Array::arange(self.idx as f64, total as f64, 1.0, Dtype::Int32)?
+            .reshape(&[1, 1, n, 1])?;
+        let left: Vec<i32> = self.left.iter().map(|l| l - self.start).collect();
+        let left = Array::from_slice(&left, &[b, 1, 1, 1])?;
+        // A padding query sees only itself, so no row of the attention is
+        // empty (an empty row would be NaN and spread through the values).
+        let mut mask = cols
+            .greater_equal(&left)?
+            .logical_or(&cols.equal(&queries)?)?
+            .logical_and(&cols.less_equal(&queries)?)?;
+        if let Some(w) = window.or(self.window) {
+            mask = mask.logical_and(&cols.greater(&queries.add(&Array::scalar(-w))?)?)?;
+        }
+        Ok(Mask::Array(mask))
+    }
+
+    fn filter(&mut self, rows: &[usize]) -> Result<()> {
+        if rows.iter().any(|&r| r >= self.left.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "row out of range (the batch has {})",
+                self.left.len()
+            )));
+        }
+        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let idx = Array::from_vec(&idx)?;
+        if let Some((k, v)) = self.kv.take() {
+            self.kv = Some((k.take(&idx, 0)?, v.take(&idx, 0)?));
+        }
+        self.left = rows.iter().map(|&r| self.left[r]).collect();
+        // Columns before every remaining row's first token are padding only.
+        let unused = self
+            .left
+            .iter()
+            .map(|l| l - self.start)
+            .min()
+            .unwrap_or(0)
+            .clamp(0, self.idx);
+        if unused > 0 {
+            if let Some(kv) = self.kv.take() {
+                let cap = kv.0.dim(2)?;
+                self.kv = Some(positions(&kv, unused, cap)?);
+            }
+            self.start += unused;
+            self.idx -= unused;
+        }
+        Ok(())
+    }
+
+    fn extend(&mut self, mut other: BatchCache) -> Result<()> {
+        // Move `other` into this cache's columns: both end at the same column.
+        let shift = self.end() - other.end();
+        other.start += shift;
+        other.left.iter_mut().for_each(|l| *l += shift);
+        let (a, b) = match (self.kv.take(), other.kv.take()) {
+            (Some(a), Some(b)) => (positions(&a, 0, self.idx)?, positions(&b, 0, other.idx)?),
+            (a, b) => {
+                // One side has written nothing yet: nothing to align.
+                let (start, idx) = if a.is_some() {
+                    (self.start, self.idx)
+                } else {
+                    (other.start, other.idx)
+                };
+                self.kv = a.or(b);
+                self.start = start;
+                self.idx = idx;
+                self.left.extend(other.left);
+                return Ok(());
+            }
+        };
+        // Pad the shorter history on the left (padding is masked for its rows).
+        let pad = |kv: Kv, n: i32| -> Result<Kv> {
+            if n == 0 {
+                return Ok(kv);
+            }
+            let (ks, vs) = (kv.0.shape(), kv.1.shape());
+            let zeros = (
+                Array::zeros(&[ks[0], ks[1], n, ks[3]], kv.0.dtype())?,
+                Array::zeros(&[vs[0], vs[1], n, vs[3]], kv.1.dtype())?,
+            );
+            join(&zeros, &kv)
+        };
+        let start = self.start.min(other.start);
+        let a = pad(a, self.start - start)?;
+        let b = pad(b, other.start - start)?;
+        self.kv = Some((
+            Array::concatenate(&[&a.0, &b.0], 0)?,
+            Array::concatenate(&[&a.1, &b.1], 0)?,
+        ));
+        self.idx = self.end() - start;
+        self.start = start;
+        self.left.extend(other.left);
+        Ok(())
     }
 }
 

@@ -111,18 +111,22 @@ impl Decoder {
         })
     }
 
-    /// Logits `[B, L, vocab]` for ids `[B, L]`.
-    pub fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    /// Final hidden states `[B, L, hidden]` for ids `[B, L]`.
+    pub fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let mut h = self.embed.forward(tokens)?;
         let n = tokens.dim(1)?;
         let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, n)?;
         for ((b, cache), mask) in self.blocks.iter().zip(caches.iter_mut()).zip(&masks) {
             h = b.forward(&h, mask, cache)?;
         }
-        let h = self.norm.forward(&h)?;
+        self.norm.forward(&h)
+    }
+
+    /// The output layer.
+    pub fn logits(&self, h: &Array) -> Result<Array> {
         match &self.lm_head {
-            Some(head) => head.forward(&h),
-            None => self.embed.as_linear(&h),
+            Some(head) => head.forward(h),
+            None => self.embed.as_linear(h),
         }
     }
 
@@ -168,8 +172,12 @@ pub fn window_masks(
 }
 
 impl crate::llm::models::Architecture for Decoder {
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-        Decoder::forward(self, tokens, caches)
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+        Decoder::hidden(self, tokens, caches)
+    }
+
+    fn logits(&self, h: &Array) -> Result<Array> {
+        Decoder::logits(self, h)
     }
 
     fn make_caches(&self) -> Vec<KvCache> {

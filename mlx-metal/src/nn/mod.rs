@@ -19,4 +19,4 @@ pub use embedding::Embedding;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
-pub use rope::Rope;
+pub use rope::{Positions, Rope};

@@ -2,6 +2,15 @@
 
 use crate::{fast, Array, Error, Result};
 
+/// Where the new tokens of a forward pass start.
+#[derive(Debug, Clone)]
+pub enum Positions {
+    /// At the same position in every row.
+    Same(i32),
+    /// At each row's own position (int32 `[batch]`).
+    PerRow(Array),
+}
+
 /// RoPE over the first `dims` features of each head.
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -134,6 +143,12 @@ impl Rope {
 
     /// Rotates `x` (`[batch, heads, seq, head_dim]`) for positions starting at `offset`.
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
+        self.apply(x, &Positions::Same(offset))
+    }
+
+    /// Rotates `x` for positions starting at `positions` (one offset for
+    /// every row, or one per batch row).
+    pub fn apply(&self, x: &Array, positions: &Positions) -> Result<Array> {
         let scaled;
         let x = if self.input_scale == 1.0 {
             x
@@ -149,14 +164,18 @@ impl Rope {
             };
             &scaled
         };
-        fast::rope(
-            x,
+        let (dims, trad, base, scale, freqs) = (
             self.dims,
             self.traditional,
             self.base,
             self.scale,
-            offset,
             self.freqs.as_ref(),
-        )
+        );
+        match positions {
+            Positions::Same(offset) => fast::rope(x, dims, trad, base, scale, *offset, freqs),
+            Positions::PerRow(offsets) => {
+                fast::rope_dynamic(x, dims, trad, base, scale, offsets, freqs)
+            }
+        }
     }
 }

@@ -116,13 +116,15 @@ pub fn load(config: &Config, w: &mut Weights) -> Result<Box<dyn Architecture>> {
 }
 
 impl Architecture for Gemma2 {
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let h = self.blocks.embed.forward(tokens)?;
         let factor = Array::scalar((self.blocks.hidden as f32).sqrt()).astype(h.dtype())?;
-        let h = self
-            .blocks
-            .forward(h.multiply(&factor)?, tokens, caches, false)?;
-        softcap(&self.blocks.embed.as_linear(&h)?, self.final_cap)
+        self.blocks
+            .forward(h.multiply(&factor)?, tokens, caches, false)
+    }
+
+    fn logits(&self, h: &Array) -> Result<Array> {
+        softcap(&self.blocks.embed.as_linear(h)?, self.final_cap)
     }
 
     fn make_caches(&self) -> Vec<KvCache> {

@@ -255,15 +255,18 @@ pub fn load(config: &Config, w: &mut Weights) -> Result<Box<dyn Architecture>> {
 }
 
 impl Architecture for Gemma3Text {
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let h = self.blocks.embed.forward(tokens)?;
         // sqrt(hidden) rounded to bfloat16, as the reference does
         let factor = bf16::from_f32((self.blocks.hidden as f32).sqrt());
         let h = h.multiply(&Array::scalar(factor).astype(h.dtype())?)?;
-        let h = self.blocks.forward(h, tokens, caches, true)?;
+        self.blocks.forward(h, tokens, caches, true)
+    }
+
+    fn logits(&self, h: &Array) -> Result<Array> {
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&h)?,
-            None => self.blocks.embed.as_linear(&h)?,
+            Some(head) => head.forward(h)?,
+            None => self.blocks.embed.as_linear(h)?,
         };
         match self.softcap {
             Some(cap) => softcap(&logits, cap),

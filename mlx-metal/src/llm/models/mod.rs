@@ -19,14 +19,32 @@ use crate::llm::weights::Weights;
 use crate::nn::cache::KvCache;
 use crate::{Array, Error, Result};
 
-/// A decoder-only language model.
+/// A decoder-only language model. The same code runs one sequence or a
+/// batch: the caches decide (see [`KvCache::batch`]).
 pub trait Architecture: Send {
-    /// Logits `[B, L, vocab]` for token ids `[B, L]`, reading and extending
-    /// `caches` (one per layer).
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+    /// Final hidden states `[B, L, hidden]` (after the last norm) for token
+    /// ids `[B, L]`, reading and extending `caches` (one per layer).
+    fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+
+    /// The output layer: logits `[..., vocab]` of hidden states.
+    fn logits(&self, hidden: &Array) -> Result<Array>;
+
+    /// Logits `[B, L, vocab]` for token ids `[B, L]`.
+    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+        self.logits(&self.hidden(tokens, caches)?)
+    }
 
     /// Fresh caches, one per layer.
     fn make_caches(&self) -> Vec<KvCache>;
+
+    /// Fresh batch caches for rows left-padded by `left_padding`, one per
+    /// layer (sliding-window layers keep their window).
+    fn make_batch_caches(&self, left_padding: &[i32]) -> Vec<KvCache> {
+        self.make_caches()
+            .iter()
+            .map(|c| KvCache::batch(left_padding, c.window()))
+            .collect()
+    }
 
     /// Number of transformer blocks.
     fn num_layers(&self) -> usize;

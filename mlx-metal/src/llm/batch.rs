@@ -1,0 +1,537 @@
+//! Many sequences through one forward pass: a [`Batch`] of left-padded
+//! rows, each at its own position, that grows (rows prefilled apart and
+//! merged in) and shrinks (finished rows filtered out) between decode
+//! steps; and the two drivers built on it, classification and batch
+//! generation. The models are the same as for one sequence: batch caches
+//! give each row its positions and mask.
+
+use std::collections::VecDeque;
+
+use inference::{
+    BatchEvent, BatchOptions, Classification, ClassifyOptions, Completion, GenerateOptions,
+    StopReason, StopStrings, Token, TokenScore,
+};
+
+use crate::llm::generate::PREFILL_STEP;
+use crate::llm::models::Architecture;
+use crate::llm::sampler::Sampler;
+use crate::llm::tokenizer::{Detokenizer, Tokenizer};
+use crate::nn::cache::KvCache;
+use crate::{async_eval, clear_cache, eval, Array, Dtype, Error, Result};
+
+/// Rows decoding together, with their batch caches.
+pub struct Batch<'m> {
+    model: &'m dyn Architecture,
+    caches: Vec<KvCache>,
+    rows: usize,
+}
+
+impl<'m> Batch<'m> {
+    /// Left-pads `prompts` to a common length and runs them through
+    /// `model` (`chunk` columns per forward pass); returns the batch and the
+    /// float32 logits `[rows, vocab]` after each prompt. The output layer
+    /// runs only at the last column, where every row's prompt ends.
+    pub fn prefill(
+        model: &'m dyn Architecture,
+        prompts: &[&[u32]],
+        chunk: usize,
+    ) -> Result<(Batch<'m>, Array)> {
+        Batch::prefill_with(model, prompts, chunk, false)
+    }
+
+    /// The logits after each prompt, keeping no KV cache when the prompts
+    /// fit one forward pass (prefill-only work such as classification).
+    pub fn last_logits_only(
+        model: &'m dyn Architecture,
+        prompts: &[&[u32]],
+        chunk: usize,
+    ) -> Result<Array> {
+        Batch::prefill_with(model, prompts, chunk, true).map(|(_, logits)| logits)
+    }
+
+    fn prefill_with(
+        model: &'m dyn Architecture,
+        prompts: &[&[u32]],
+        chunk: usize,
+        transient: bool,
+    ) -> Result<(Batch<'m>, Array)> {
+        if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+            return Err(Error::InvalidArgument(
+                "every prompt of a batch needs at least one token".into(),
+            ));
+        }
+        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let left: Vec<i32> = prompts.iter().map(|p| (len - p.len()) as i32).collect();
+        let mut ids = Vec::with_capacity(prompts.len() * len);
+        for p in prompts {
+            ids.extend(std::iter::repeat_n(0i32, len - p.len()));
+            ids.extend(p.iter().map(|&t| t as i32));
+        }
+        let (b, l) = (prompts.len() as i32, len as i32);
+        let tokens = Array::from_slice(&ids, &[b, l])?;
+        let chunk = chunk.max(1) as i32;
+        let caches = if transient && l <= chunk {
+            model
+                .make_caches()
+                .iter()
+                .map(|c| KvCache::batch_transient(&left, c.window()))
+                .collect()
+        } else {
+            model.make_batch_caches(&left)
+        };
+        let mut batch = Batch {
+            model,
+            caches,
+            rows: prompts.len(),
+        };
+        // Whole chunks while more than one chunk is left, then the rest in
+        // one pass whose last column alone goes through the output layer.
+        let mut done = 0i32;
+        while l - done > chunk {
+            let n = chunk;
+            model.hidden(&tokens.slice_axis(1, done, done + n)?, &mut batch.caches)?;
+            let state: Vec<&Array> = batch.caches.iter().flat_map(|c| c.state()).collect();
+            eval(&state)?;
+            done += n;
+            clear_cache()?;
+        }
+        let logits = batch.last_logits(&tokens.slice_axis(1, done, l)?)?;
+        Ok((batch, logits))
+    }
+
+    /// Runs `tokens` (`[rows, n]`) and returns the float32 logits of the last
+    /// column, `[rows, vocab]`.
+    fn last_logits(&mut self, tokens: &Array) -> Result<Array> {
+        let h = self.model.hidden(tokens, &mut self.caches)?;
+        let n = h.dim(1)?;
+        let logits = self.model.logits(&h.slice_axis(1, n - 1, n)?)?;
+        logits.squeeze(&[1])?.astype(Dtype::Float32)
+    }
+
+    /// One decode step: `tokens` (`[rows]`, one per row) in, float32 logits
+    /// `[rows, vocab]` out.
+    pub fn step(&mut self, tokens: &Array) -> Result<Array> {
+        let ids = tokens
+            .astype(Dtype::Int32)?
+            .reshape(&[self.rows as i32, 1])?;
+        self.last_logits(&ids)
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Keeps only `rows`, in that order.
+    pub fn filter(&mut self, rows: &[usize]) -> Result<()> {
+        for c in &mut self.caches {
+            c.filter(rows)?;
+        }
+        self.rows = rows.len();
+        Ok(())
+    }
+
+    /// Appends the rows of `other` (prefilled apart) after this batch's.
+    pub fn extend(&mut self, other: Batch<'_>) -> Result<()> {
+        for (c, o) in self.caches.iter_mut().zip(other.caches) {
+            c.extend(o)?;
+        }
+        self.rows += other.rows;
+        Ok(())
+    }
+
+    /// The arrays to evaluate to materialise the caches.
+    fn state(&self) -> Vec<&Array> {
+        self.caches.iter().flat_map(|c| c.state()).collect()
+    }
+}
+
+/// The distribution after each prompt, batched as `opts.batch` says; the
+/// next batch's graph is built and started before the current one's
+/// results are read. Results come back in input order.
+pub fn classify(
+    model: &dyn Architecture,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &ClassifyOptions,
+) -> Result<Vec<Classification>> {
+    opts.batch
+        .validate()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let labels: Vec<u32> = opts
+        .labels
+        .iter()
+        .map(|label| {
+            let ids = tokenizer.encode(label, false)?;
+            ids.first().copied().ok_or_else(|| {
+                Error::InvalidArgument(format!("label {label:?} encodes to no tokens"))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let plan = opts.batch.plan(&lengths);
+    let label_ids = (!labels.is_empty())
+        .then(|| Array::from_vec(&labels.iter().map(|&i| i as i32).collect::<Vec<_>>()))
+        .transpose()?;
+    let vocab_k = opts.top_k.max(1) as i32;
+
+    // Each batch's outputs: (indices, top ids, top logprobs, label logprobs).
+    type Pending = (Vec<usize>, Array, Array, Option<Array>);
+    let launch = |rows: &[usize]| -> Result<Pending> {
+        let batch_prompts: Vec<&[u32]> = rows.iter().map(|&i| prompts[i].as_slice()).collect();
+        let logits = Batch::last_logits_only(model, &batch_prompts, PREFILL_STEP)?;
+        let logprobs = logits.subtract(&logits.logsumexp(&[-1], true)?)?;
+        let vocab = logprobs.dim(-1)?;
+        let k = vocab_k.min(vocab);
+        // argmax for the top token alone: a partition of the whole
+        // vocabulary costs far more on a GPU.
+        let top = if k == 1 {
+            logprobs.argmax(-1, true)?
+        } else {
+            logprobs
+                .negative()?
+                .argpartition(k - 1, -1)?
+                .slice_axis(-1, 0, k)?
+        };
+        let top_lp = logprobs.take_along_axis(&top, -1)?;
+        let labels = label_ids
+            .as_ref()
+            .map(|ids| logprobs.take(ids, -1))
+            .transpose()?;
+        let mut outputs = vec![&top, &top_lp];
+        outputs.extend(labels.iter());
+        async_eval(&outputs)?;
+        Ok((rows.to_vec(), top, top_lp, labels))
+    };
+
+    let mut results: Vec<Option<Classification>> = vec![None; prompts.len()];
+    let mut pending: Option<Pending> = None;
+    for rows in plan
+        .iter()
+        .map(Vec::as_slice)
+        .chain(std::iter::once(&[][..]))
+    {
+        let next = if rows.is_empty() {
+            None
+        } else {
+            Some(launch(rows)?)
+        };
+        if let Some((indices, top, top_lp, labels)) = pending.take() {
+            let k = top.dim(-1)? as usize;
+            let ids = top.to_vec::<u32>()?;
+            let lps = top_lp.to_vec::<f32>()?;
+            let label_lps = labels.map(|l| l.to_vec::<f32>()).transpose()?;
+            for (r, &index) in indices.iter().enumerate() {
+                let mut scored: Vec<(u32, f32)> =
+                    (0..k).map(|j| (ids[r * k + j], lps[r * k + j])).collect();
+                scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let score = |(id, lp): (u32, f32)| -> Result<TokenScore> {
+                    Ok(TokenScore::new(id, tokenizer.decode(&[id])?, lp as f64))
+                };
+                let mut c = Classification::new(index, score(scored[0])?, prompts[index].len());
+                if opts.top_k > 0 {
+                    c.top_k = scored
+                        .iter()
+                        .take(opts.top_k)
+                        .map(|&s| score(s))
+                        .collect::<Result<_>>()?;
+                }
+                if let Some(l) = &label_lps {
+                    let n = opts.labels.len();
+                    c.scores = opts
+                        .labels
+                        .iter()
+                        .zip(&l[r * n..(r + 1) * n])
+                        .map(|(name, &lp)| (name.clone(), (lp as f64).exp()))
+                        .collect();
+                    c.label = c
+                        .scores
+                        .iter()
+                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(name, _)| name.clone());
+                }
+                results[index] = Some(c);
+            }
+        }
+        pending = next;
+    }
+    Ok(results
+        .into_iter()
+        .map(|c| c.expect("every input is in one batch"))
+        .collect())
+}
+
+/// One row of a batch generation.
+struct Row<'t> {
+    index: usize,
+    prompt_tokens: usize,
+    ids: Vec<u32>,
+    text: String,
+    detok: Detokenizer<'t>,
+    held: Vec<Token>,
+    stops: StopStrings,
+    reason: Option<StopReason>,
+}
+
+/// A batch generation in flight: rows are prefilled in groups, merged
+/// into the running batch as others finish (continuous batching), and
+/// decode together; each stops on EOS, its token budget or a stop string.
+pub struct BatchGeneration<'m> {
+    model: &'m dyn Architecture,
+    tokenizer: &'m Tokenizer,
+    opts: GenerateOptions,
+    batch_size: usize,
+    waiting: VecDeque<(usize, Vec<u32>)>,
+    batch: Option<Batch<'m>>,
+    rows: Vec<Row<'m>>,
+    /// The tokens sampled for the current rows, not yet read.
+    next: Option<Array>,
+    sampler: Sampler,
+    events: VecDeque<BatchEvent>,
+    failed: bool,
+    /// Tokens generated so far, all rows together.
+    pub generated: usize,
+}
+
+impl<'m> BatchGeneration<'m> {
+    /// Starts generating for `prompts` (input order); at most
+    /// `batch.batch_size` rows decode at once, the shortest prompts first.
+    pub fn new(
+        model: &'m dyn Architecture,
+        tokenizer: &'m Tokenizer,
+        prompts: Vec<Vec<u32>>,
+        opts: &GenerateOptions,
+        batch: &BatchOptions,
+    ) -> Result<BatchGeneration<'m>> {
+        opts.validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        batch
+            .validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        if opts.repetition_penalty.is_some() {
+            return Err(Error::InvalidArgument(
+                "repetition_penalty is not supported in batch generation".into(),
+            ));
+        }
+        if let Some(i) = prompts.iter().position(Vec::is_empty) {
+            return Err(Error::InvalidArgument(format!(
+                "input {i} encodes to no tokens"
+            )));
+        }
+        let mut events = VecDeque::new();
+        if opts.max_tokens == 0 {
+            for (i, p) in prompts.iter().enumerate() {
+                events.push_back(BatchEvent::Done(Completion::new(
+                    i,
+                    Vec::new(),
+                    String::new(),
+                    StopReason::MaxTokens,
+                    p.len(),
+                )));
+            }
+        }
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        if opts.max_tokens == 0 {
+            order.clear();
+        }
+        order.sort_by_key(|&i| (prompts[i].len(), i));
+        let mut prompts: Vec<Option<Vec<u32>>> = prompts.into_iter().map(Some).collect();
+        let waiting = order
+            .into_iter()
+            .map(|i| (i, prompts[i].take().expect("each index once")))
+            .collect();
+        Ok(BatchGeneration {
+            model,
+            tokenizer,
+            opts: opts.clone(),
+            batch_size: batch.batch_size,
+            waiting,
+            batch: None,
+            rows: Vec::new(),
+            next: None,
+            sampler: Sampler::new(opts)?,
+            events,
+            failed: false,
+            generated: 0,
+        })
+    }
+
+    /// Prefills waiting prompts into the free rows of the batch and
+    /// samples their first tokens.
+    fn admit(&mut self) -> Result<()> {
+        let free = self.batch_size.saturating_sub(self.rows.len());
+        if free == 0 || self.waiting.is_empty() {
+            return Ok(());
+        }
+        let group: Vec<(usize, Vec<u32>)> =
+            (0..free).map_while(|_| self.waiting.pop_front()).collect();
+        let prompts: Vec<&[u32]> = group.iter().map(|(_, p)| p.as_slice()).collect();
+        let (batch, logits) = Batch::prefill(self.model, &prompts, PREFILL_STEP)?;
+        let first = self.sampler.sample(logits, None)?;
+        // Tokens already sampled for the running rows come first.
+        let next = match self.next.take() {
+            Some(running) => Array::concatenate(&[&running, &first], 0)?,
+            None => first,
+        };
+        match &mut self.batch {
+            Some(b) => b.extend(batch)?,
+            None => self.batch = Some(batch),
+        }
+        for (index, prompt) in group {
+            self.rows.push(Row {
+                index,
+                prompt_tokens: prompt.len(),
+                ids: Vec::new(),
+                text: String::new(),
+                detok: self.tokenizer.detokenizer(),
+                held: Vec::new(),
+                stops: StopStrings::new(&self.opts.stop),
+                reason: None,
+            });
+        }
+        self.next = Some(next);
+        Ok(())
+    }
+
+    /// Takes the sampled tokens, starts the next step for the rows still
+    /// running, and turns the tokens into events.
+    fn advance(&mut self) -> Result<()> {
+        if self.next.is_none() {
+            self.admit()?;
+        }
+        let Some(tokens) = self.next.take() else {
+            return Ok(());
+        };
+        let cancelled = self.opts.is_cancelled();
+        let ids = tokens.to_vec::<u32>()?;
+        for (row, &id) in self.rows.iter_mut().zip(&ids) {
+            if cancelled {
+                row.reason = Some(StopReason::Cancelled);
+            } else if self.tokenizer.eos_ids().contains(&id) {
+                row.reason = Some(StopReason::Eos);
+            } else {
+                self.generated += 1;
+                row.ids.push(id);
+                let text = row.detok.add(id)?;
+                row.held.push(Token::new(id, text));
+                if !row.detok.pending() {
+                    for t in std::mem::take(&mut row.held) {
+                        let (out, hit) = row.stops.push(t);
+                        for t in out {
+                            row.text.push_str(&t.text);
+                            self.events.push_back(BatchEvent::Token {
+                                index: row.index,
+                                token: t,
+                            });
+                        }
+                        if hit {
+                            row.reason = Some(StopReason::Stop);
+                            break;
+                        }
+                    }
+                }
+                if row.reason.is_none() && row.ids.len() >= self.opts.max_tokens {
+                    row.reason = Some(StopReason::MaxTokens);
+                }
+            }
+        }
+        // Finished rows: release what they held, report, and leave.
+        let mut keep = Vec::new();
+        let mut kept_tokens = Vec::new();
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            let Some(reason) = row.reason else {
+                keep.push(r);
+                kept_tokens.push(ids[r] as i32);
+                continue;
+            };
+            if reason != StopReason::Stop {
+                let rest = row.detok.finish()?;
+                if let Some(last) = row.held.last_mut() {
+                    last.text.push_str(&rest);
+                }
+                let mut released: Vec<Token> = Vec::new();
+                let mut stopped = false;
+                for t in std::mem::take(&mut row.held) {
+                    let (out, hit) = row.stops.push(t);
+                    released.extend(out);
+                    if hit {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if !stopped {
+                    released.extend(row.stops.finish());
+                } else {
+                    row.reason = Some(StopReason::Stop);
+                }
+                for t in released {
+                    row.text.push_str(&t.text);
+                    self.events.push_back(BatchEvent::Token {
+                        index: row.index,
+                        token: t,
+                    });
+                }
+            }
+            self.events.push_back(BatchEvent::Done(Completion::new(
+                row.index,
+                std::mem::take(&mut row.ids),
+                std::mem::take(&mut row.text),
+                row.reason.expect("finished"),
+                row.prompt_tokens,
+            )));
+        }
+        if keep.len() != self.rows.len() {
+            let mut rows = std::mem::take(&mut self.rows);
+            let mut kept = Vec::with_capacity(keep.len());
+            for (r, row) in rows.drain(..).enumerate() {
+                if keep.contains(&r) {
+                    kept.push(row);
+                }
+            }
+            self.rows = kept;
+            if self.rows.is_empty() {
+                self.batch = None;
+            } else if let Some(b) = &mut self.batch {
+                b.filter(&keep)?;
+            }
+        }
+        if cancelled {
+            self.waiting.clear();
+            return Ok(());
+        }
+        // Start the next step before anything reads it.
+        if let Some(b) = &mut self.batch {
+            let input = Array::from_vec(&kept_tokens)?;
+            let logits = b.step(&input)?;
+            let next = self.sampler.sample(logits, None)?;
+            let mut state = b.state();
+            state.push(&next);
+            async_eval(&state)?;
+            self.next = Some(next);
+        }
+        if self.generated.is_multiple_of(256) {
+            clear_cache()?;
+        }
+        // Rows that finished make room for waiting prompts.
+        if self.rows.len() < self.batch_size && !self.waiting.is_empty() {
+            self.admit()?;
+        }
+        Ok(())
+    }
+
+    /// The next event, an error, or `None` when every row has finished.
+    pub fn next_event(&mut self) -> Option<Result<BatchEvent>> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.failed || (self.next.is_none() && self.waiting.is_empty()) {
+                return None;
+            }
+            if let Err(e) = self.advance() {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
