@@ -259,15 +259,24 @@ pub fn run(opts: &Options) -> Result<()> {
         },
     ];
 
+    let load_before = load_average();
     for round in 0..opts.runs {
         eprintln!("round {} of {}", round + 1, opts.runs);
         // the sides take turns, starting one later each round
         for i in 0..sides.len() {
             let side = &mut sides[(round + i) % 3];
             let out = timed((side.command)(), &prompt, side.label)?;
-            side.runs.extend(parse_runs(&out, side.label)?);
+            let runs = parse_runs(&out, side.label)?;
+            for r in &runs {
+                eprintln!(
+                    "    {}: prompt {:.2} tok/s, decode {:.2} tok/s",
+                    side.label, r.prompt_tps, r.generation_tps
+                );
+            }
+            side.runs.extend(runs);
         }
     }
+    let load_after = load_average();
     let [pip, same, ours] = sides.map(|s| (s.label, summarize(&s.runs)));
 
     if pip.1.prompt_tokens != ours.1.prompt_tokens || same.1.prompt_tokens != ours.1.prompt_tokens {
@@ -312,7 +321,19 @@ pub fn run(opts: &Options) -> Result<()> {
             ours.1.generation_tps / base.generation_tps
         );
     }
+    if let (Some(before), Some(after)) = (load_before, load_after) {
+        println!(
+            "load average (1 min) {before} before, {after} after, on {cores} cores \
+             (other work on the machine slows the multi-threaded BLAS sides most)"
+        );
+    }
     Ok(())
+}
+
+/// The 1-minute load average (Linux), to tell a busy machine's figures.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next().map(str::to_string)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //!
 //! MLX's CPU backend has no fast half-precision matrix product: bfloat16
 //! and float16 products run in a plain loop (about 6 GFLOP/s on the 2-core
-//! CI machine), while float32 ones go through BLAS (about 200 GFLOP/s with
-//! OpenBLAS). So by default ([`ComputeDtype::Auto`]) a model whose weights
+//! CI machine), while float32 ones go through BLAS (70 to 200 GFLOP/s with
+//! OpenBLAS, depending on the shapes). So by default ([`ComputeDtype::Auto`]) a model whose weights
 //! are bfloat16/float16 computes in float32 on the CPU; on a GPU it keeps
 //! the weights' type. The cast is exact (every bfloat16/float16 value is a
 //! float32 value) and costs twice the weight memory.
