@@ -39,6 +39,8 @@ fn gguf_name(hf: &str, gemma: bool) -> String {
     let part = match (module, gemma) {
         ("input_layernorm", _) => "attn_norm",
         ("self_attn.q_proj", _) => "attn_q",
+        ("self_attn.qkv_proj", _) => "attn_qkv",
+        ("mlp.gate_up_proj", _) => "ffn_up",
         ("self_attn.k_proj", _) => "attn_k",
         ("self_attn.v_proj", _) => "attn_v",
         ("self_attn.o_proj", _) => "attn_output",
@@ -150,7 +152,12 @@ fn write_as_llama_cpp(dir: &Path, arch: &str, out: &Path) {
         &a("rope.freq_base"),
         Value::F32(c["rope_theta"].as_f64().unwrap() as f32),
     );
-    if gemma {
+    if arch == "gemma2" {
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            put(&a(k), Value::F32(c[k].as_f64().unwrap() as f32));
+        }
+    }
+    if arch == "gemma3" {
         put(
             &a("attention.sliding_window"),
             Value::U32(int("sliding_window") as u32),
@@ -160,7 +167,7 @@ fn write_as_llama_cpp(dir: &Path, arch: &str, out: &Path) {
             Value::U32(int("sliding_window_pattern") as u32),
         );
     }
-    if c["rope_scaling"].is_object() {
+    if c["rope_scaling"]["rope_type"] == "llama3" {
         put(
             &a("rope.scaling.original_context_length"),
             Value::U32(
@@ -254,6 +261,29 @@ fn write_as_llama_cpp(dir: &Path, arch: &str, out: &Path) {
         }
         tensors.push(f32_tensor(gguf_name(name, gemma), shape, &data));
     }
+    if arch == "phi3" {
+        let rotated = (head_dim as f64 * c["partial_rotary_factor"].as_f64().unwrap()) as u32;
+        put(&a("rope.dimension_count"), Value::U32(rotated));
+        put(
+            &a("rope.scaling.original_context_length"),
+            Value::U32(int("original_max_position_embeddings") as u32),
+        );
+    }
+    if c["rope_scaling"]["type"] == "longrope" {
+        for which in ["long", "short"] {
+            let f: Vec<f32> = c["rope_scaling"][format!("{which}_factor")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            tensors.push(f32_tensor(
+                format!("rope_factors_{which}.weight"),
+                vec![f.len() as u64],
+                &f,
+            ));
+        }
+    }
     if c["rope_scaling"]["rope_type"] == "llama3" {
         let freqs = rope_freqs(&c, head_dim);
         tensors.push(f32_tensor(
@@ -269,11 +299,15 @@ fn write_as_llama_cpp(dir: &Path, arch: &str, out: &Path) {
 fn fixtures_written_as_gguf_match_mlx_lm() {
     let scratch = std::env::temp_dir().join(format!("mlx-metal-layout-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    for (fixture, arch) in [
+    let families = [
         ("llama", "llama"),
+        ("qwen2", "qwen2"),
         ("qwen3", "qwen3"),
+        ("phi3", "phi3"),
+        ("gemma2", "gemma2"),
         ("gemma3_text", "gemma3"),
-    ] {
+    ];
+    for (fixture, arch) in families {
         let dir = fixtures().join(fixture);
         let file = scratch.join(format!("{fixture}.gguf"));
         write_as_llama_cpp(&dir, arch, &file);

@@ -28,6 +28,7 @@ pub const ARCHITECTURES: &[(&str, &str)] = &[
     ("llama", "llama"),
     ("qwen2", "qwen2"),
     ("qwen3", "qwen3"),
+    ("phi3", "phi3"),
     ("gemma2", "gemma2"),
     ("gemma3", "gemma3_text"),
 ];
@@ -125,9 +126,18 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let raw = load_gguf_tensors(path)?;
     let mut tensors = HashMap::with_capacity(raw.len());
     let mut rope_freqs = None;
+    let mut long_factors = None;
     for (name, array) in raw {
         if name == "rope_freqs.weight" {
             rope_freqs = Some(array);
+            continue;
+        }
+        // Phi-3's LongRoPE factors (the short ones are unused, as in mlx_lm).
+        if name == "rope_factors_long.weight" {
+            long_factors = Some(array);
+            continue;
+        }
+        if name == "rope_factors_short.weight" {
             continue;
         }
         let hf = hf_name(&name, &arch).ok_or_else(|| {
@@ -140,6 +150,10 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     }
     if let Some(freqs) = rope_freqs {
         config_json["rope_scaling"] = llama3_scaling(&gguf, &config_json, &freqs)?;
+    }
+    if let Some(long) = long_factors {
+        let long = long.astype(Dtype::Float32)?.to_vec::<f32>()?;
+        config_json["rope_scaling"] = json!({"type": "longrope", "long_factor": long});
     }
     let heads = config_json["num_attention_heads"].as_i64().unwrap_or(1);
     let kv_heads = config_json["num_key_value_heads"].as_i64().unwrap_or(heads);
@@ -274,6 +288,16 @@ fn config_of(g: &Gguf, arch: &str) -> Result<Value> {
             c.insert(field.into(), json!(id));
         }
     }
+    if arch == "phi3" {
+        let rotated = opt_int("rope.dimension_count")?.unwrap_or(head_dim);
+        c.insert(
+            "partial_rotary_factor".into(),
+            json!(rotated as f64 / head_dim as f64),
+        );
+        if let Some(n) = opt_int("rope.scaling.original_context_length")? {
+            c.insert("original_max_position_embeddings".into(), json!(n));
+        }
+    }
     if arch == "gemma2" {
         for (meta, field) in [
             ("attn_logit_softcapping", "attn_logit_softcapping"),
@@ -326,6 +350,8 @@ pub fn hf_name(name: &str, arch: &str) -> Option<String> {
     let module = match part {
         "attn_norm" => "input_layernorm",
         "attn_q" => "self_attn.q_proj",
+        "attn_qkv" if arch == "phi3" => "self_attn.qkv_proj",
+        "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
