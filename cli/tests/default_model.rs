@@ -15,6 +15,7 @@ fn cli(home: &Path) -> Command {
         .env_remove("HF_HOME")
         .env_remove("HF_HUB_CACHE")
         .env_remove("XDG_CACHE_HOME")
+        .env_remove("MLX_INFER_CACHE")
         .env_remove("OLLAMA_MODELS")
         .env_remove("LD_LIBRARY_PATH");
     cmd
