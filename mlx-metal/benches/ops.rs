@@ -32,6 +32,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode};
 use inference::GenerateOptions;
 use mlx_metal::fast::{self, AttentionMask};
 use mlx_metal::llm::config::Config;
+use mlx_metal::llm::generate::sampler_settings;
 use mlx_metal::llm::sampler::Sampler;
 use mlx_metal::llm::weights::Weights;
 use mlx_metal::nn::activation::Activation;
@@ -271,7 +272,7 @@ fn sampler(c: &mut Criterion) {
         case(c, op, Dtype::Float32, &format!("1x{VOCAB}"), move || {
             let logits = normal(&[1, VOCAB], Dtype::Float32)?.mul_scalar(3.0)?;
             logits.eval()?;
-            let mut sampler = Sampler::new(&opts)?;
+            let mut sampler = Sampler::new(&sampler_settings(&opts))?;
             Ok(move || sampler.sample(logits.clone(), None))
         });
     }

@@ -20,14 +20,15 @@ pub enum Error {
     Closure(String),
     /// The model's architecture is not one this crate runs.
     #[error(
-        "{path}: model_type `{model_type}` is not supported natively (supported: {})",
-        crate::llm::models::supported().join(", ")
+        "{path}: model_type `{model_type}` is not supported natively (supported: {supported})"
     )]
     UnsupportedModel {
         /// The config.json naming it.
         path: PathBuf,
         /// The `model_type` found.
         model_type: String,
+        /// The ones that are, comma separated.
+        supported: String,
     },
     /// A file could not be read or written.
     #[error("{path}: {message}")]

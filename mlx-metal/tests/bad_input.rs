@@ -65,7 +65,7 @@ fn bad_config_is_named() {
     std::fs::write(dir.join("config.json"), r#"{"model_type": "mamba9"}"#).unwrap();
     let e = load_err(&dir);
     assert!(
-        matches!(&e, Error::UnsupportedModel { path, model_type } if path == &dir.join("config.json") && model_type == "mamba9"),
+        matches!(&e, Error::UnsupportedModel { path, model_type, .. } if path == &dir.join("config.json") && model_type == "mamba9"),
         "{e}"
     );
     // through the API: Unsupported, so that auto-selection can fall back

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use common::fixtures;
 use inference::GenerateOptions;
+use mlx_metal::llm::generate::sampler_settings;
 use mlx_metal::llm::sampler::Sampler;
 use mlx_metal::llm::NativeModel;
 use mlx_metal::Array;
@@ -20,7 +21,7 @@ fn draws(opts: &GenerateOptions, probs: &[f32]) -> Vec<u32> {
         .unwrap()
         .broadcast_to(&[N, v])
         .unwrap();
-    let mut sampler = Sampler::new(opts).unwrap();
+    let mut sampler = Sampler::new(&sampler_settings(opts)).unwrap();
     sampler
         .sample(batch, None)
         .unwrap()
@@ -87,13 +88,13 @@ fn greedy_is_argmax_and_seeds_reproduce() {
 fn repetition_penalty_discourages_recent_tokens() {
     let logits = Array::from_slice(&[2.0f32, 1.9, -1.0], &[1, 3]).unwrap();
     let history = Array::from_vec(&[0i32, 2]).unwrap();
-    let plain = Sampler::new(&GenerateOptions::default())
+    let plain = Sampler::new(&sampler_settings(&GenerateOptions::default()))
         .unwrap()
         .sample(logits.clone(), Some(&history))
         .unwrap();
     assert_eq!(plain.to_vec::<u32>().unwrap(), vec![0]);
     let opts = GenerateOptions::default().repetition_penalty(1.2);
-    let mut s = Sampler::new(&opts).unwrap();
+    let mut s = Sampler::new(&sampler_settings(&opts)).unwrap();
     assert!(s.wants_history());
     assert_eq!(
         s.sample(logits.clone(), Some(&history))
@@ -106,7 +107,7 @@ fn repetition_penalty_discourages_recent_tokens() {
     let opts = GenerateOptions::default()
         .repetition_penalty(1.2)
         .repetition_context_size(1);
-    let mut s = Sampler::new(&opts).unwrap();
+    let mut s = Sampler::new(&sampler_settings(&opts)).unwrap();
     assert_eq!(
         s.sample(logits, Some(&history))
             .unwrap()

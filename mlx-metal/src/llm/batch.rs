@@ -12,7 +12,7 @@ use inference::{
     StopReason, StopStrings, Token, TokenScore,
 };
 
-use crate::llm::generate::PREFILL_STEP;
+use crate::llm::generate::{sampler_settings, PREFILL_STEP};
 use crate::llm::models::Architecture;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
@@ -349,7 +349,7 @@ impl<'m> BatchGeneration<'m> {
             batch: None,
             rows: Vec::new(),
             next: None,
-            sampler: Sampler::new(opts)?,
+            sampler: Sampler::new(&sampler_settings(opts))?,
             events,
             failed: false,
             generated: 0,

@@ -6,10 +6,24 @@ use std::time::Instant;
 use inference::{GenerateOptions, StopReason, Token};
 
 use crate::llm::models::Architecture;
-use crate::llm::sampler::Sampler;
+use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
 use crate::nn::cache::KvCache;
 use crate::{async_eval, clear_cache, eval, Array, Dtype, Result};
+
+/// The sampling part of generation options.
+pub fn sampler_settings(opts: &GenerateOptions) -> SamplerSettings {
+    SamplerSettings {
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        min_p: opts.min_p,
+        top_k: opts.top_k,
+        repetition: opts
+            .repetition_penalty
+            .map(|p| (p, opts.repetition_context_size)),
+        seed: opts.seed,
+    }
+}
 
 /// Prompt tokens processed per forward pass during prefill (as mlx_lm).
 pub const PREFILL_STEP: usize = 2048;
@@ -98,7 +112,7 @@ impl<'a> Generation<'a> {
         let mut stepper = Stepper {
             model,
             caches: model.make_caches(),
-            sampler: Sampler::new(opts)?,
+            sampler: Sampler::new(&sampler_settings(opts))?,
             history: None,
         };
         let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();

@@ -2,9 +2,38 @@
 //! top-p, min-p and top-k, after an optional repetition penalty — the
 //! order and formulas of mlx_lm.
 
-use inference::GenerateOptions;
-
 use crate::{random, Array, Dtype, Result};
+
+/// What a [`Sampler`] does: the sampling settings alone (callers convert
+/// their own options into these).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerSettings {
+    /// Softmax temperature; `0.0` or less means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus mass; `1.0` disables.
+    pub top_p: f32,
+    /// Drop tokens below `min_p` times the top probability; `0.0` disables.
+    pub min_p: f32,
+    /// Keep the `top_k` most likely tokens; `0` disables.
+    pub top_k: usize,
+    /// Repetition penalty and how many recent tokens it looks at.
+    pub repetition: Option<(f32, usize)>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplerSettings {
+    fn default() -> Self {
+        SamplerSettings {
+            temperature: 0.0,
+            top_p: 1.0,
+            min_p: 0.0,
+            top_k: 0,
+            repetition: None,
+            seed: None,
+        }
+    }
+}
 
 /// Sampling state for one generation.
 pub struct Sampler {
@@ -21,17 +50,15 @@ fn neg_inf(dtype: Dtype) -> Result<Array> {
 }
 
 impl Sampler {
-    /// A sampler for `opts` (seeded when `opts.seed` is set).
-    pub fn new(opts: &GenerateOptions) -> Result<Sampler> {
+    /// A sampler with these settings (seeded when `settings.seed` is set).
+    pub fn new(settings: &SamplerSettings) -> Result<Sampler> {
         Ok(Sampler {
-            temperature: opts.temperature,
-            top_p: opts.top_p,
-            min_p: opts.min_p,
-            top_k: opts.top_k,
-            repetition: opts
-                .repetition_penalty
-                .map(|p| (p, opts.repetition_context_size)),
-            key: opts.seed.map(random::key).transpose()?,
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            min_p: settings.min_p,
+            top_k: settings.top_k,
+            repetition: settings.repetition,
+            key: settings.seed.map(random::key).transpose()?,
         })
     }
 

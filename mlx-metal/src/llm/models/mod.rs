@@ -103,6 +103,7 @@ fn unsupported(config: &Config, config_path: &Path) -> Error {
     Error::UnsupportedModel {
         path: config_path.to_path_buf(),
         model_type: config.model_type.clone(),
+        supported: supported().join(", "),
     }
 }
 
