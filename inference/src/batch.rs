@@ -199,6 +199,21 @@ impl Classification {
             prompt_tokens,
         }
     }
+
+    /// Records each label's probability from its log-probability (in the
+    /// order of `labels`) and the most probable label as the winner.
+    pub fn score_labels(&mut self, labels: &[String], logprobs: impl IntoIterator<Item = f64>) {
+        self.scores = labels
+            .iter()
+            .cloned()
+            .zip(logprobs.into_iter().map(f64::exp))
+            .collect();
+        self.label = self
+            .scores
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(name, _)| name.clone());
+    }
 }
 
 /// One row of a batch generation, once it has finished.

@@ -18,6 +18,19 @@ fn messages(v: &serde_json::Value) -> Vec<Message> {
     serde_json::from_value(v.clone()).expect("messages as {role, content}")
 }
 
+/// The batch mlx_lm ran: its prompts and its greedy ids for each.
+fn batch_reference(r: &serde_json::Value) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let lists = |key: &str| -> Vec<Vec<u32>> {
+        r["batch"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect()
+    };
+    (lists("prompt_ids"), lists("greedy_ids"))
+}
+
 /// Greedy ids of one prompt, alone.
 fn single(model: &mut NativeModel, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
     let arch = model.architecture();
@@ -52,18 +65,7 @@ fn batch_generation_equals_single_prompts_and_mlx_lm_batch_generate() {
         let r = reference(&dir);
         let max = r["max_tokens"].as_u64().unwrap() as usize;
         let mut model = NativeModel::load(&dir).unwrap();
-        let prompts: Vec<Vec<u32>> = r["batch"]["prompt_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
-        let want: Vec<Vec<u32>> = r["batch"]["greedy_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
+        let (prompts, want) = batch_reference(&r);
         // The same inputs through the API: raw and chat as given, and the
         // short and long prompts as raw text that encodes to those ids.
         let raw = r["raw"]["prompt"].as_str().unwrap();
@@ -200,18 +202,7 @@ fn rows_joining_and_leaving_leave_the_others_unchanged() {
         let dir = common::fixtures().join(name);
         let r = reference(&dir);
         let model = NativeModel::load(&dir).unwrap();
-        let prompts: Vec<Vec<u32>> = r["batch"]["prompt_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
-        let want: Vec<Vec<u32>> = r["batch"]["greedy_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
+        let (prompts, want) = batch_reference(&r);
         let steps = 12usize;
         let arch = model.architecture();
         // Rows 0 and 1 start; after 4 tokens row 0 leaves and rows 2 and 3

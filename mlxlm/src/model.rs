@@ -178,17 +178,7 @@ impl TextModel for MlxLmModel {
                     .map(|l| l.iter().filter_map(Value::as_f64).collect())
                     .filter(|l: &Vec<f64>| l.len() == opts.labels.len())
                     .ok_or_else(|| protocol("a result without its label scores"))?;
-                c.scores = opts
-                    .labels
-                    .iter()
-                    .cloned()
-                    .zip(lps.iter().map(|lp| lp.exp()))
-                    .collect();
-                c.label = c
-                    .scores
-                    .iter()
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .map(|(l, _)| l.clone());
+                c.score_labels(&opts.labels, lps);
             }
             out.push(c);
         }

@@ -103,7 +103,8 @@ fn parse_runs(stdout: &str, what: &str) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// The median (the mean of the two middle values for an even count).
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
     if n % 2 == 1 {

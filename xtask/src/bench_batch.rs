@@ -14,6 +14,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::median;
 use crate::build_mlx::cache_root;
 use crate::process::{root, run_visible};
 
@@ -98,11 +99,6 @@ pub fn sentences(count: usize) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
 }
 
 /// The default bench model: the default GGUF as a bfloat16 MLX directory

@@ -238,17 +238,10 @@ pub fn classify(
                 }
                 if let Some(l) = &label_lps {
                     let n = opts.labels.len();
-                    c.scores = opts
-                        .labels
-                        .iter()
-                        .zip(&l[r * n..(r + 1) * n])
-                        .map(|(name, &lp)| (name.clone(), (lp as f64).exp()))
-                        .collect();
-                    c.label = c
-                        .scores
-                        .iter()
-                        .max_by(|a, b| a.1.total_cmp(&b.1))
-                        .map(|(name, _)| name.clone());
+                    c.score_labels(
+                        &opts.labels,
+                        l[r * n..(r + 1) * n].iter().map(|&lp| lp as f64),
+                    );
                 }
                 results[index] = Some(c);
             }
@@ -271,6 +264,33 @@ struct Row<'t> {
     held: Vec<Token>,
     stops: StopStrings,
     reason: Option<StopReason>,
+}
+
+impl Row<'_> {
+    /// Passes the held tokens through the stop strings and emits what they
+    /// release; true (and the row stopped) when a stop string was reached.
+    fn release(&mut self, events: &mut VecDeque<BatchEvent>) -> bool {
+        for t in std::mem::take(&mut self.held) {
+            let (out, hit) = self.stops.push(t);
+            self.emit(out, events);
+            if hit {
+                self.reason = Some(StopReason::Stop);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Adds `tokens` to the row's text and to the events.
+    fn emit(&mut self, tokens: Vec<Token>, events: &mut VecDeque<BatchEvent>) {
+        for token in tokens {
+            self.text.push_str(&token.text);
+            events.push_back(BatchEvent::Token {
+                index: self.index,
+                token,
+            });
+        }
+    }
 }
 
 /// A batch generation in flight: rows are prefilled in groups, merged
@@ -415,20 +435,7 @@ impl<'m> BatchGeneration<'m> {
                 let text = row.detok.add(id)?;
                 row.held.push(Token::new(id, text));
                 if !row.detok.pending() {
-                    for t in std::mem::take(&mut row.held) {
-                        let (out, hit) = row.stops.push(t);
-                        for t in out {
-                            row.text.push_str(&t.text);
-                            self.events.push_back(BatchEvent::Token {
-                                index: row.index,
-                                token: t,
-                            });
-                        }
-                        if hit {
-                            row.reason = Some(StopReason::Stop);
-                            break;
-                        }
-                    }
+                    row.release(&mut self.events);
                 }
                 if row.reason.is_none() && row.ids.len() >= self.opts.max_tokens {
                     row.reason = Some(StopReason::MaxTokens);
@@ -449,27 +456,9 @@ impl<'m> BatchGeneration<'m> {
                 if let Some(last) = row.held.last_mut() {
                     last.text.push_str(&rest);
                 }
-                let mut released: Vec<Token> = Vec::new();
-                let mut stopped = false;
-                for t in std::mem::take(&mut row.held) {
-                    let (out, hit) = row.stops.push(t);
-                    released.extend(out);
-                    if hit {
-                        stopped = true;
-                        break;
-                    }
-                }
-                if !stopped {
-                    released.extend(row.stops.finish());
-                } else {
-                    row.reason = Some(StopReason::Stop);
-                }
-                for t in released {
-                    row.text.push_str(&t.text);
-                    self.events.push_back(BatchEvent::Token {
-                        index: row.index,
-                        token: t,
-                    });
+                if !row.release(&mut self.events) {
+                    let rest = row.stops.finish();
+                    row.emit(rest, &mut self.events);
                 }
             }
             self.events.push_back(BatchEvent::Done(Completion::new(
@@ -481,14 +470,7 @@ impl<'m> BatchGeneration<'m> {
             )));
         }
         if keep.len() != self.rows.len() {
-            let mut rows = std::mem::take(&mut self.rows);
-            let mut kept = Vec::with_capacity(keep.len());
-            for (r, row) in rows.drain(..).enumerate() {
-                if keep.contains(&r) {
-                    kept.push(row);
-                }
-            }
-            self.rows = kept;
+            self.rows.retain(|row| row.reason.is_none());
             if self.rows.is_empty() {
                 self.batch = None;
             } else if let Some(b) = &mut self.batch {

@@ -190,14 +190,6 @@ impl KvCache {
         self.as_batch()?.extend(other)
     }
 
-    /// Rows of a batch cache (1 for a single-sequence cache).
-    pub fn rows(&self) -> usize {
-        match self {
-            KvCache::Batch(c) => c.left.len(),
-            _ => 1,
-        }
-    }
-
     /// The window a cache was made for (`None`: full attention).
     pub fn window(&self) -> Option<i32> {
         match self {
