@@ -22,11 +22,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
     dtype: ComputeDtype,
     /// Tokens to generate per run (greedy).
-    #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    max_tokens: u64,
     /// Timed runs after one warm-up.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
     /// The prompt (default: read from stdin).
     #[arg(long)]
     prompt: Option<String>,
@@ -45,13 +45,14 @@ pub fn run(args: BenchArgs) -> Result<i32> {
         }
         None => bail!("no prompt: pass --prompt TEXT or pipe it on stdin"),
     };
+    inference::check_prompt(&prompt)?;
     let mut opts = LoadOptions::default().dtype(args.dtype);
     opts.backend = args.backend.clone();
     let mut model = inference::load_model_with(&args.model, opts)?;
     eprintln!("{}", crate::loading::summary(model.info()));
     let warm = GenerateOptions::default().max_tokens(4);
     model.generate(&prompt, &warm).collect_text()?;
-    let opts = GenerateOptions::default().max_tokens(args.max_tokens);
+    let opts = GenerateOptions::default().max_tokens(args.max_tokens as usize);
     for _ in 0..args.runs {
         model.generate(&prompt, &opts).collect_text()?;
         let m = model.metrics();

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -57,6 +58,10 @@ pub struct CommonArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// Refuse prompts longer than this many tokens (without it, a prompt
+    /// beyond the model's context length only gets a warning).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_context: Option<u64>,
     /// One JSON object per line: each token, then a summary.
     #[arg(long)]
     json: bool,
@@ -121,6 +126,7 @@ impl CommonArgs {
         o.repetition_penalty = self.repetition_penalty;
         o.seed = self.seed;
         o.stop = self.stop.clone();
+        o.max_context = self.max_context.map(|n| n as usize);
         o
     }
 
@@ -130,11 +136,24 @@ impl CommonArgs {
     }
 }
 
-/// Cancels `token` on Ctrl-C (installed once per process).
+/// Set while the interactive chat waits for the user's next line: Ctrl-C
+/// there quits at once.
+static AT_PROMPT: AtomicBool = AtomicBool::new(false);
+
+/// Cancels `token` on Ctrl-C (installed once per process). Ctrl-C at the
+/// chat prompt, or a second Ctrl-C while the first is being honoured,
+/// exits at once with status 130.
 pub fn cancel_on_ctrl_c() -> Result<CancellationToken> {
     let token = CancellationToken::new();
     let t = token.clone();
-    ctrlc::set_handler(move || t.cancel()).context("cannot install the Ctrl-C handler")?;
+    ctrlc::set_handler(move || {
+        if AT_PROMPT.load(Ordering::SeqCst) || t.is_cancelled() {
+            eprintln!();
+            std::process::exit(INTERRUPTED);
+        }
+        t.cancel();
+    })
+    .context("cannot install the Ctrl-C handler")?;
     Ok(token)
 }
 
@@ -178,6 +197,8 @@ fn summary(model: &dyn TextModel, reason: Option<StopReason>, json_lines: bool) 
                 "prompt_tps": m.prompt_tps,
                 "generation_tps": m.generation_tps,
                 "peak_memory_bytes": m.peak_memory_bytes,
+                "context_length": m.context_length,
+                "over_context": m.over_context(),
             })
         );
     } else {
@@ -216,6 +237,7 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
             text
         }
     };
+    inference::check_prompt(&prompt)?;
     let cancel = cancel_on_ctrl_c()?;
     let mut model = args.common.load()?;
     let opts = args.common.options(cancel);
@@ -240,6 +262,11 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
         }
         None => None,
     };
+    if let Some(message) = &one_shot {
+        let mut first = history.clone();
+        first.push(Message::user(message.clone()));
+        inference::check_messages(&first)?;
+    }
     let mut model = args.common.load()?;
     if let Some(message) = one_shot {
         history.push(Message::user(message));
@@ -251,7 +278,7 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
     }
 
     eprintln!(
-        "chatting with {} (empty line or Ctrl-D quits; Ctrl-C stops the reply and quits)",
+        "chatting with {} (empty line, Ctrl-D or Ctrl-C quits; Ctrl-C during a reply stops it and quits)",
         model.info().path.display()
     );
     let opts = args.common.options(cancel);
@@ -259,7 +286,10 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
     loop {
         eprint!("> ");
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+        AT_PROMPT.store(true, Ordering::SeqCst);
+        let read = stdin.lock().read_line(&mut line);
+        AT_PROMPT.store(false, Ordering::SeqCst);
+        if read? == 0 || line.trim().is_empty() {
             return Ok(0);
         }
         history.push(Message::user(line.trim_end()));

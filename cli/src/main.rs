@@ -42,8 +42,30 @@ enum Command {
     Models(models::ModelsArgs),
 }
 
+/// Prints the libraries' warnings (e.g. a prompt beyond the model's
+/// context length) on stderr.
+struct Warnings;
+
+impl log::Log for Warnings {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("warning: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn main() {
     linked::ensure_linked();
+    static WARNINGS: Warnings = Warnings;
+    if log::set_logger(&WARNINGS).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Backends => backends::run(&mut std::io::stdout()),

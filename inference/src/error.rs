@@ -56,6 +56,15 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The prompt is longer than the limit the caller set
+    /// ([`GenerateOptions::max_context`](crate::GenerateOptions::max_context)).
+    #[error("the prompt has {prompt_tokens} tokens, over the context limit of {limit}")]
+    ContextExceeded {
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Invalid options or arguments.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -39,6 +39,7 @@ mod message;
 mod model;
 mod options;
 mod registry;
+mod request;
 mod stop;
 mod stream;
 
@@ -52,6 +53,7 @@ pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};
 pub use options::{ComputeDtype, GenerateOptions, LoadOptions};
 pub use registry::{backends, load_model, load_model_with, select_backend};
+pub use request::{check_context, check_messages, check_prompt};
 pub use stop::StopStrings;
 pub use stream::{StopReason, Token, TokenSource, TokenStream};
 

@@ -37,6 +37,9 @@ pub struct ModelInfo {
     /// The BLAS library behind the backend's CPU matrix products (e.g.
     /// `OpenBLAS 0.3.21, 2 threads`), when known.
     pub blas: Option<String>,
+    /// The context length the model was trained for
+    /// (`max_position_embeddings`), when known.
+    pub context_length: Option<usize>,
 }
 
 impl ModelInfo {
@@ -70,6 +73,18 @@ pub struct Metrics {
     pub generation_tps: f64,
     /// Peak memory used by the backend, in bytes.
     pub peak_memory_bytes: u64,
+    /// The model's context length, when known (see
+    /// [`over_context`](Self::over_context)).
+    pub context_length: Option<usize>,
+}
+
+impl Metrics {
+    /// True when the prompt and the generated tokens together went beyond
+    /// the model's context length.
+    pub fn over_context(&self) -> bool {
+        self.context_length
+            .is_some_and(|c| self.prompt_tokens + self.generated_tokens > c)
+    }
 }
 
 /// A loaded text model. Resources are freed on drop; [`close`](Self::close)

@@ -160,6 +160,10 @@ pub struct GenerateOptions {
     /// Checked every step: when cancelled the stream ends with
     /// [`StopReason::Cancelled`](crate::StopReason::Cancelled).
     pub cancel: Option<CancellationToken>,
+    /// Refuse prompts longer than this many tokens
+    /// ([`Error::ContextExceeded`](crate::Error::ContextExceeded)); without
+    /// it a prompt beyond the model's context length is only warned about.
+    pub max_context: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -175,6 +179,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             seed: None,
             cancel: None,
+            max_context: None,
         }
     }
 }
@@ -234,6 +239,12 @@ impl GenerateOptions {
         self
     }
 
+    /// Refuse prompts longer than `tokens`.
+    pub fn max_context(mut self, tokens: usize) -> Self {
+        self.max_context = Some(tokens);
+        self
+    }
+
     /// Set the cancellation token.
     pub fn cancel(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
@@ -243,6 +254,21 @@ impl GenerateOptions {
     /// True when sampling reduces to argmax.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
+    }
+
+    /// `top_k` as a sampler over `vocab` ids applies it: `0` (off) when it
+    /// would keep every id, so that backends agree on out-of-range values.
+    ///
+    /// ```
+    /// use inference::GenerateOptions;
+    /// assert_eq!(GenerateOptions::default().top_k(100_000).effective_top_k(Some(640)), 0);
+    /// assert_eq!(GenerateOptions::default().top_k(40).effective_top_k(Some(640)), 40);
+    /// ```
+    pub fn effective_top_k(&self, vocab: Option<usize>) -> usize {
+        match vocab {
+            Some(v) if self.top_k >= v => 0,
+            _ => self.top_k,
+        }
     }
 
     /// True when the cancellation token has fired.
@@ -255,7 +281,7 @@ impl GenerateOptions {
         let bad = |what: String| Err(crate::Error::InvalidArgument(what));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad(format!(
-                "temperature must be >= 0, got {}",
+                "temperature must be a finite number >= 0, got {}",
                 self.temperature
             ));
         }
@@ -267,7 +293,9 @@ impl GenerateOptions {
         }
         if let Some(r) = self.repetition_penalty {
             if !r.is_finite() || r <= 0.0 {
-                return bad(format!("repetition_penalty must be > 0, got {r}"));
+                return bad(format!(
+                    "repetition_penalty must be a finite number > 0, got {r}"
+                ));
             }
         }
         if self.stop.iter().any(|s| s.is_empty()) {

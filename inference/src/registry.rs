@@ -55,6 +55,23 @@ pub fn select_backend(
         return Err(Error::invalid_model(dir, crate::gguf::missing_model(dir)));
     }
     if let Some(name) = &opts.backend {
+        let native = crate::native_backend_name();
+        if (name == "metal" || name == "mlx")
+            && name != native
+            && !candidates.iter().any(|b| b.name() == name)
+        {
+            return Err(Error::BackendUnavailable {
+                name: name.clone(),
+                reason: format!(
+                    "not available on this platform ({}); the native backend here is `{native}`",
+                    if name == "metal" {
+                        "Metal runs on Apple silicon macOS only"
+                    } else {
+                        "on Apple silicon the native backend is Metal"
+                    }
+                ),
+            });
+        }
         let backend = candidates
             .iter()
             .find(|b| b.name() == name)
@@ -97,6 +114,13 @@ pub fn select_backend(
             Err(Error::Unsupported(why)) => reasons.push(format!("{}: {why}", backend.name())),
             other => return other,
         }
+    }
+    let config = dir.join("config.json");
+    if dir.is_dir() && !config.exists() && !reasons.is_empty() {
+        return Err(Error::invalid_model(
+            config,
+            "missing (a model directory needs config.json)",
+        ));
     }
     if reasons.is_empty() {
         reasons.push("no backend is registered".into());
@@ -310,7 +334,29 @@ mod tests {
         let any = fake("any", 1, true, Load::Ok);
         let list: [&dyn Backend; 1] = [&any];
         let err = chosen(&list, dir.path(), &LoadOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("does not accept"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: missing (a model directory needs config.json)",
+                dir.path().join("config.json").display()
+            )
+        );
+    }
+
+    #[test]
+    fn the_other_platforms_native_backend_is_named_unavailable() {
+        let dir = model_dir();
+        let any = fake("any", 1, true, Load::Ok);
+        let list: [&dyn Backend; 1] = [&any];
+        let other = if crate::native_backend_name() == "mlx" {
+            "metal"
+        } else {
+            "mlx"
+        };
+        let err = chosen(&list, dir.path(), &LoadOptions::default().backend(other)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("not available on this platform"), "{text}");
+        assert!(text.contains(crate::native_backend_name()), "{text}");
     }
 
     #[test]

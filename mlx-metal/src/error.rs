@@ -30,6 +30,10 @@ pub enum Error {
         /// The ones that are, comma separated.
         supported: String,
     },
+    /// The model's logits held NaN or infinity (broken weights or
+    /// config): generation stops instead of sampling garbage.
+    #[error("the model produced non-finite logits (NaN or infinity) {0}; its weights or config.json are likely broken")]
+    NonFinite(String),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     File {

@@ -31,8 +31,27 @@ extern "C" fn handler(msg: *const c_char, _data: *mut c_void) {
                 .to_string_lossy()
                 .into_owned()
         };
-        LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(text));
+        LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(without_source_path(&text)));
     });
+}
+
+/// mlx-c ends each message with ` at <source file>:<line>` of its own
+/// sources; that means nothing to a user, so it goes.
+fn without_source_path(text: &str) -> String {
+    match text.rfind(" at ") {
+        Some(i) => {
+            let tail = &text[i + 4..];
+            let is_location = tail.rsplit_once(':').is_some_and(|(file, line)| {
+                !file.is_empty() && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+            });
+            if is_location {
+                text[..i].trim_end().to_string()
+            } else {
+                text.to_string()
+            }
+        }
+        None => text.to_string(),
+    }
 }
 
 /// Installs the error handler once per process, and sizes BLAS's thread
@@ -89,4 +108,27 @@ pub(crate) fn read_string(f: impl FnOnce(*mut sys::mlx_string) -> i32) -> Result
     // SAFETY: created above, freed exactly once.
     unsafe { sys::mlx_string_free(s) };
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_source_path;
+
+    #[test]
+    fn source_locations_are_dropped() {
+        assert_eq!(
+            without_source_path("[reshape] Cannot reshape array of size 4 into shape (3). at /build/mlx-c/mlx/c/ops.cpp:2201"),
+            "[reshape] Cannot reshape array of size 4 into shape (3)."
+        );
+        assert_eq!(without_source_path("look at this"), "look at this");
+        assert_eq!(without_source_path("at a:b"), "at a:b");
+    }
+
+    #[test]
+    fn mlx_errors_reach_the_caller_without_paths() {
+        let a = crate::Array::from_vec(&[1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let e = a.reshape(&[3]).unwrap_err().to_string();
+        assert!(e.contains("reshape"), "{e}");
+        assert!(!e.contains(".cpp"), "{e}");
+    }
 }

@@ -4,6 +4,9 @@ Speaks JSON lines: one request per line on stdin, replies on stdout.
 
   {"op": "load", "path": DIR, "dtype": "auto"|"model"|"float32"|"bfloat16"|"float16"}
       -> {"ok": true, "info": {...}} | {"error": MESSAGE}
+  {"op": "encode", "prompt": TEXT} | {"op": "encode", "messages": [...]}
+      -> {"ids": [ID...]}
+  {"op": "generate", "ids": [ID...], "options": {...}}
   {"op": "generate", "prompt": TEXT, "options": {...}}
   {"op": "generate", "messages": [{"role", "content"}...], "options": {...}}
       -> {"token": ID, "text": TEXT} ... then
@@ -13,8 +16,19 @@ Speaks JSON lines: one request per line on stdin, replies on stdout.
        | {"error": MESSAGE}
   {"op": "classify", "inputs": [{"prompt"} | {"messages"}...], "top_k": K, "labels": [...]}
                      -> {"results": [{"top": [[id, text, logprob]...], "labels": [logprob...], "prompt_tokens"}...]}
-  {"op": "cancel"}   (while generating) -> the stream ends with reason "cancelled"
+  {"op": "cancel"}   (while generating, prefill included) -> the stream ends
+                     with reason "cancelled"
   {"op": "close"}    -> the process exits
+
+The process never outlives its parent: it exits when its stdin closes or
+when it is re-parented (the parent died, whatever the signal).
+
+Options may carry "prefill_step_size" (prompt tokens per forward pass; the
+cancel request is checked between passes). Non-finite logits end the
+stream with an error. The text of a generation is what the tokenizer's
+decode gives for its ids: mlx_lm's streaming BPE detokenizer drops the
+first token's leading space, which is put back here so that prompt and
+completion join exactly and both backends give the same text.
 
 Raw prompts are encoded as mlx_lm.stream_generate does (special tokens added
 unless the prompt already starts with BOS); chat messages are rendered with
@@ -28,6 +42,7 @@ still be holding part of a character or a space.
 """
 
 import json
+import math
 import os
 import queue
 import signal
@@ -60,7 +75,22 @@ def read_stdin():
         line = line.strip()
         if line:
             requests.put(line)
-    requests.put(None)
+    # The parent closed the channel (it ended or died): nothing more can
+    # be asked or answered, so stop at once, even mid-computation.
+    os._exit(0)
+
+
+def watch_parent():
+    """Exits as soon as the parent process is gone (re-parented)."""
+    parent = os.getppid()
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.25)
+
+
+class Cancelled(Exception):
+    """A cancel request arrived during the prefill."""
 
 
 STATE = {}
@@ -148,10 +178,13 @@ def load(path, dtype="auto"):
         "weights_dtype": dtype_name(stored, mx),
         "compute_dtype": dtype_name(target if target is not None else stored, mx),
         "blas": blas_in_use(),
+        "context_length": text.get("max_position_embeddings"),
     }
 
 
 def encode(req):
+    if "ids" in req:
+        return [int(i) for i in req["ids"]]
     tokenizer = STATE["tokenizer"]
     if "messages" in req:
         if not tokenizer.has_chat_template:
@@ -201,18 +234,46 @@ def generate(req):
         repetition_context_size=int(opts.get("repetition_context_size", 20)),
     )
     max_tokens = int(opts.get("max_tokens", 256))
+    prefill_step_size = int(opts.get("prefill_step_size", 2048))
     eos = set(int(i) for i in tokenizer.eos_token_ids)
     detok = tokenizer.detokenizer
     detok.reset()
+    if hasattr(detok, "_maybe_trim_space"):
+        detok._maybe_trim_space = lambda text: text
+
+    def progress(done, total):
+        if done < total and cancelled():
+            raise Cancelled()
+
     mx.reset_peak_memory()
 
     reason, held, n = "max_tokens", None, 0
     prompt_tps, gen_start = 0.0, time.perf_counter()
     start = time.perf_counter()
     if max_tokens > 0:
-        steps = generate_step(mx.array(ids), model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
-        for token, _ in steps:
+        steps = generate_step(
+            mx.array(ids),
+            model,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+            prefill_step_size=prefill_step_size,
+            prompt_progress_callback=progress,
+        )
+        while True:
+            try:
+                token, logprobs = next(steps)
+            except StopIteration:
+                break
+            except Cancelled:
+                reason = "cancelled"
+                break
             token = int(token)
+            if not math.isfinite(logprobs.sum().item()):
+                raise ValueError(
+                    f"the model produced non-finite logits (NaN or infinity) at generated token {n + 1}; "
+                    "its weights or config.json are likely broken"
+                )
             if n == 0:
                 elapsed = time.perf_counter() - start
                 prompt_tps = len(ids) / elapsed if elapsed > 0 else 0.0
@@ -277,6 +338,7 @@ def classify(req):
 
 def main():
     threading.Thread(target=read_stdin, daemon=True).start()
+    threading.Thread(target=watch_parent, daemon=True).start()
     send({"ready": True})
     while True:
         line = requests.get()
@@ -291,6 +353,8 @@ def main():
         try:
             if op == "load":
                 send({"ok": True, "info": load(req["path"], req.get("dtype", "auto"))})
+            elif op == "encode":
+                send({"ids": encode(req)})
             elif op == "generate":
                 generate(req)
             elif op == "classify":

@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,26 @@ const STDERR_LINES: usize = 40;
 pub(crate) struct Bridge {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Lines of stdout, read by a thread so that waiting can be bounded;
+    /// the channel closes when the pipe does.
+    stdout: Receiver<std::io::Result<String>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// How a process ended, in words: its exit status or the signal that
+/// killed it.
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code} and no message"),
+        None => "ended with no status".into(),
+    }
 }
 
 impl Bridge {
@@ -57,9 +76,19 @@ impl Bridge {
                 lines.push_back(line);
             }
         });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let failed = line.is_err();
+                if tx.send(line).is_err() || failed {
+                    break;
+                }
+            }
+        });
         let mut bridge = Bridge {
             stdin: child.stdin.take(),
-            stdout: BufReader::new(child.stdout.take().expect("stdout is piped")),
+            stdout: rx,
             child,
             stderr,
         };
@@ -92,21 +121,34 @@ impl Bridge {
     /// Reads one reply; a closed pipe or a line that is not a JSON object is
     /// an error carrying the end of stderr.
     pub(crate) fn recv(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        match self.stdout.read_line(&mut line) {
-            Ok(0) | Err(_) => Err(self.died()),
-            Ok(_) => match serde_json::from_str::<Value>(line.trim_end()) {
-                Ok(v) if v.is_object() => {
-                    if let Some(msg) = v.get("error").and_then(Value::as_str) {
-                        return Err(Error::Python {
-                            message: msg.to_string(),
-                        });
-                    }
-                    Ok(v)
+        match self.stdout.recv() {
+            Ok(Ok(line)) => self.parse(line),
+            Ok(Err(_)) | Err(_) => Err(self.died()),
+        }
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout`: `None` when no
+    /// reply came in time.
+    pub(crate) fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Value>> {
+        match self.stdout.recv_timeout(timeout) {
+            Ok(Ok(line)) => self.parse(line).map(Some),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => Err(self.died()),
+        }
+    }
+
+    fn parse(&mut self, line: String) -> Result<Value> {
+        match serde_json::from_str::<Value>(line.trim_end()) {
+            Ok(v) if v.is_object() => {
+                if let Some(msg) = v.get("error").and_then(Value::as_str) {
+                    return Err(Error::Python {
+                        message: msg.to_string(),
+                    });
                 }
-                Ok(_) => Err(self.protocol(&line, "not a JSON object")),
-                Err(e) => Err(self.protocol(&line, &e.to_string())),
-            },
+                Ok(v)
+            }
+            Ok(_) => Err(self.protocol(&line, "not a JSON object")),
+            Err(e) => Err(self.protocol(&line, &e.to_string())),
         }
     }
 
@@ -126,7 +168,7 @@ impl Bridge {
         let mut status = String::new();
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
-                status = format!(" ({s})");
+                status = format!(" ({})", describe_exit(s));
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));

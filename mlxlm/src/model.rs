@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::time::Duration;
 
 use inference::{
     Classification, ClassifyOptions, ComputeDtype, GenerateOptions, Input, Message, Metrics,
@@ -63,6 +64,7 @@ impl MlxLmModel {
         info.weights_dtype = text("weights_dtype");
         info.compute_dtype = text("compute_dtype");
         info.blas = text("blas");
+        info.context_length = count("context_length");
         Ok(MlxLmModel {
             bridge,
             info,
@@ -75,22 +77,63 @@ impl MlxLmModel {
         self.bridge.pid()
     }
 
-    fn start(&mut self, mut request: Value, opts: &GenerateOptions) -> TokenStream<'_> {
+    /// The prompt's token ids, as mlx_lm encodes `request` (a prompt or
+    /// messages).
+    fn encode(&mut self, mut request: Value) -> Result<Vec<u32>> {
+        request["op"] = json!("encode");
+        self.bridge.send(&request)?;
+        let reply = self.bridge.recv()?;
+        reply
+            .get("ids")
+            .and_then(Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|i| i as u32)
+                    .collect()
+            })
+            .ok_or_else(|| Error::Protocol {
+                line: reply.to_string(),
+                problem: "expected the prompt's ids".into(),
+                stderr: String::new(),
+            })
+    }
+
+    fn start(&mut self, request: Value, opts: &GenerateOptions) -> TokenStream<'_> {
         if let Err(e) = opts.validate() {
             return TokenStream::failed(e);
         }
-        request["op"] = json!("generate");
-        request["options"] = json!({
+        let ids = match self.encode(request) {
+            Ok(ids) => ids,
+            Err(e) => return TokenStream::failed(e.into()),
+        };
+        if ids.is_empty() {
+            return TokenStream::failed(inference::Error::InvalidArgument(
+                "the prompt encodes to no tokens".into(),
+            ));
+        }
+        if let Err(e) = inference::check_context(ids.len(), opts, self.info.context_length) {
+            return TokenStream::failed(e);
+        }
+        let prefill_step_size = if opts.cancel.is_some() {
+            CANCELLABLE_PREFILL_STEP
+        } else {
+            PREFILL_STEP
+        };
+        let request = json!({"op": "generate", "ids": ids, "options": {
             "max_tokens": opts.max_tokens,
             "temperature": opts.temperature,
-            "top_k": opts.top_k,
+            "top_k": opts.effective_top_k(self.info.vocab_size),
+            "prefill_step_size": prefill_step_size,
             "top_p": opts.top_p,
             "min_p": opts.min_p,
             "repetition_penalty": opts.repetition_penalty,
             "repetition_context_size": opts.repetition_context_size,
             "seed": opts.seed,
-        });
+        }});
         self.metrics = Metrics::default();
+        self.metrics.prompt_tokens = ids.len();
+        self.metrics.context_length = self.info.context_length;
         if let Err(e) = self.bridge.send(&request) {
             return TokenStream::failed(e.into());
         }
@@ -102,6 +145,8 @@ impl MlxLmModel {
                 ready: VecDeque::new(),
                 reason: None,
                 finished: false,
+                delivered: 0,
+                cancel_sent: false,
             },
             &stops,
         )
@@ -190,10 +235,16 @@ impl TextModel for MlxLmModel {
     }
 
     fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a> {
+        if let Err(e) = inference::check_prompt(prompt) {
+            return TokenStream::failed(e);
+        }
         self.start(json!({ "prompt": prompt }), opts)
     }
 
     fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a> {
+        if let Err(e) = inference::check_messages(messages) {
+            return TokenStream::failed(e);
+        }
         self.start(json!({ "messages": messages }), opts)
     }
 
@@ -209,7 +260,21 @@ struct Generation<'a> {
     ready: VecDeque<Token>,
     reason: Option<StopReason>,
     finished: bool,
+    /// Tokens handed to the stream: the generated count when it ends early
+    /// (a stop string, a cancellation), as the native backend counts.
+    delivered: usize,
+    /// A cancel request went to the bridge; what follows up to its final
+    /// message is dropped.
+    cancel_sent: bool,
 }
+
+/// Prompt tokens per forward pass in the bridge (mlx_lm's default).
+const PREFILL_STEP: usize = 2048;
+/// Prompt tokens per forward pass when the generation can be cancelled: the
+/// bridge checks for a cancel request between passes, so this bounds how
+/// long a cancellation waits (about a quarter of a second on two CPU cores
+/// for a small model).
+const CANCELLABLE_PREFILL_STEP: usize = 256;
 
 impl Generation<'_> {
     /// Records the final message's figures.
@@ -230,6 +295,7 @@ impl Generation<'_> {
             let msg = self.model.bridge.recv()?;
             if msg.get("done").is_some() {
                 self.record(&msg);
+                self.model.metrics.generated_tokens = self.delivered;
                 self.reason = Some(reason);
                 return Ok(());
             }
@@ -237,10 +303,26 @@ impl Generation<'_> {
     }
 
     fn step(&mut self) -> Result<()> {
-        if self.opts.is_cancelled() {
-            return self.stop_early(StopReason::Cancelled);
+        // Wait for the next message, asking the bridge to stop (it checks
+        // between prefill passes and between tokens) once the caller
+        // cancels.
+        let msg = loop {
+            if !self.cancel_sent && self.opts.is_cancelled() {
+                self.model.bridge.send(&json!({"op": "cancel"}))?;
+                self.cancel_sent = true;
+            }
+            if let Some(msg) = self.model.bridge.recv_timeout(Duration::from_millis(20))? {
+                break msg;
+            }
+        };
+        if self.cancel_sent {
+            if msg.get("done").is_some() {
+                self.record(&msg);
+                self.model.metrics.generated_tokens = self.delivered;
+                self.reason = Some(StopReason::Cancelled);
+            }
+            return Ok(());
         }
-        let msg = self.model.bridge.recv()?;
         if let Some(id) = msg.get("token").and_then(Value::as_u64) {
             let text = msg.get("text").and_then(Value::as_str).unwrap_or_default();
             self.ready.push_back(Token::new(id as u32, text));
@@ -281,6 +363,7 @@ impl TokenSource for Generation<'_> {
     fn next_token(&mut self) -> Option<inference::Result<Token>> {
         loop {
             if let Some(token) = self.ready.pop_front() {
+                self.delivered += 1;
                 return Some(Ok(token));
             }
             if self.finished || self.reason.is_some() {

@@ -49,8 +49,12 @@ fn probe() -> Result<PythonMlx, String> {
         return Err(format!("`{python}` printed no versions: {text:?}"));
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or("").trim();
+    let last = stderr.lines().rev().map(str::trim).find(|l| !l.is_empty());
+    let why = match last {
+        Some(line) => line.to_string(),
+        None => crate::bridge::describe_exit(out.status),
+    };
     Err(format!(
-        "`{python}` cannot import mlx_lm ({last}); install it with `pip install mlx-lm` or set MLXLM_PYTHON"
+        "`{python}` cannot import mlx_lm ({why}); install it with `pip install mlx-lm` or set MLXLM_PYTHON"
     ))
 }

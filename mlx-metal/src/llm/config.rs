@@ -112,7 +112,7 @@ impl Config {
             }
         }
         let common: Common = parse_value(&value, path)?;
-        Ok(Config {
+        let config = Config {
             model_type: common.model_type,
             vocab_size: common.vocab_size,
             hidden_size: common.hidden_size,
@@ -121,7 +121,9 @@ impl Config {
             bos_token_id: common.bos_token_id,
             raw: value,
             path: path.to_path_buf(),
-        })
+        };
+        crate::llm::validate::check(&config)?;
+        Ok(config)
     }
 
     /// A family's typed arguments from the same JSON; a missing or

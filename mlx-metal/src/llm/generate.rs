@@ -54,13 +54,74 @@ impl Stepper<'_> {
         Ok(())
     }
 
-    fn step(&mut self, input: &Array) -> Result<Array> {
+    /// The sampled token and a finiteness witness for its logits.
+    fn step(&mut self, input: &Array) -> Result<Sampled> {
         let logits = self.forward(input)?;
         let l = logits.dim(1)?;
         let last = logits.slice_axis(1, l - 1, l)?.squeeze(&[1])?;
         self.remember(input)?;
-        self.sampler.sample(last, self.history.as_ref())
+        let check = finite_witness(&last)?;
+        Ok(Sampled {
+            token: self.sampler.sample(last, self.history.as_ref())?,
+            check,
+        })
     }
+}
+
+/// A sampled token (still lazy) with [`finite_witness`] of its logits.
+struct Sampled {
+    token: Array,
+    check: Array,
+}
+
+impl Sampled {
+    /// Starts computing both.
+    fn start(&self) -> Result<()> {
+        async_eval(&[&self.token, &self.check])
+    }
+
+    /// The token id, or [`Error::NonFinite`](crate::Error::NonFinite) when its
+    /// logits were not all finite; `step` names the step in the message.
+    fn read(&self, step: usize) -> Result<u32> {
+        let id = self.token.item::<u32>()?;
+        if !self.check.item::<f32>()?.is_finite() {
+            return Err(crate::Error::NonFinite(format!(
+                "at generated token {step}"
+            )));
+        }
+        Ok(id)
+    }
+}
+
+/// The sum of `logits` in float32: finite exactly when every logit is
+/// (a NaN or an infinity anywhere makes it NaN or infinite; real logits are
+/// far too small to overflow it). One reduction, computed with the token.
+pub(crate) fn finite_witness(logits: &Array) -> Result<Array> {
+    logits.astype(Dtype::Float32)?.sum(&[], false)
+}
+
+/// Prompt tokens per prefill chunk when the generation can be cancelled:
+/// chunks are sized to take about [`CHUNK_SECONDS`] each, so a cancellation
+/// is seen within about that long, starting from this many tokens.
+const FIRST_CANCELLABLE_CHUNK: usize = 256;
+/// Target duration of one cancellable prefill chunk.
+const CHUNK_SECONDS: f64 = 0.25;
+
+/// The next prefill chunk's size: the full `step` when nothing can cancel
+/// the generation, else what the last chunk's speed fits in
+/// [`CHUNK_SECONDS`] (a multiple of 64, between 64 and `step`).
+fn next_chunk(step: usize, cancellable: bool, last: Option<(usize, f64)>) -> usize {
+    if !cancellable {
+        return step;
+    }
+    let n = match last {
+        None => FIRST_CANCELLABLE_CHUNK,
+        Some((tokens, secs)) => {
+            let rate = tokens as f64 / secs.max(1e-6);
+            ((rate * CHUNK_SECONDS) as usize / 64) * 64
+        }
+    };
+    n.clamp(64, step.max(64))
 }
 
 /// Figures gathered while generating.
@@ -83,7 +144,7 @@ pub struct Generation<'a> {
     detok: Detokenizer<'a>,
     tokenizer: &'a Tokenizer,
     opts: GenerateOptions,
-    next: Option<Array>,
+    next: Option<Sampled>,
     held: Vec<Token>,
     ready: std::collections::VecDeque<Token>,
     reason: Option<StopReason>,
@@ -117,8 +178,17 @@ impl<'a> Generation<'a> {
         };
         let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
         let mut done = 0usize;
+        let cancellable = opts.cancel.is_some();
+        let mut last_chunk = None;
+        let mut cancelled = false;
         while ids.len() - done > 1 {
-            let n = prefill_step.max(1).min(ids.len() - done - 1);
+            if opts.is_cancelled() {
+                cancelled = true;
+                break;
+            }
+            let n =
+                next_chunk(prefill_step.max(1), cancellable, last_chunk).min(ids.len() - done - 1);
+            let began = Instant::now();
             let chunk = Array::from_vec(&ids[done..done + n])?;
             stepper.forward(&chunk)?;
             let state: Vec<&Array> = stepper.caches.iter().flat_map(|c| c.state()).collect();
@@ -126,10 +196,11 @@ impl<'a> Generation<'a> {
             stepper.remember(&chunk)?;
             done += n;
             clear_cache()?;
+            last_chunk = Some((n, began.elapsed().as_secs_f64()));
         }
-        let next = if opts.max_tokens > 0 {
+        let next = if opts.max_tokens > 0 && !cancelled {
             let y = stepper.step(&Array::from_vec(&ids[done..])?)?;
-            async_eval(&[&y])?;
+            y.start()?;
             Some(y)
         } else {
             None
@@ -142,7 +213,9 @@ impl<'a> Generation<'a> {
             next,
             held: Vec::new(),
             ready: Default::default(),
-            reason: if opts.max_tokens == 0 {
+            reason: if cancelled {
+                Some(StopReason::Cancelled)
+            } else if opts.max_tokens == 0 {
                 Some(StopReason::MaxTokens)
             } else {
                 None
@@ -192,11 +265,11 @@ impl<'a> Generation<'a> {
         };
         // Build and start the following step before reading this token.
         if self.timing.generated + 1 < self.opts.max_tokens {
-            let following = self.stepper.step(&y.astype(Dtype::Int32)?)?;
-            async_eval(&[&following])?;
+            let following = self.stepper.step(&y.token.astype(Dtype::Int32)?)?;
+            following.start()?;
             self.next = Some(following);
         }
-        let id = y.item::<u32>()?;
+        let id = y.read(self.timing.generated + 1)?;
         let now = Instant::now();
         if self.first_token_at.is_none() {
             let secs = (now - self.started).as_secs_f64();

@@ -12,6 +12,7 @@ mod model;
 pub mod models;
 pub mod sampler;
 pub mod tokenizer;
+pub mod validate;
 pub mod weights;
 
 pub use model::NativeModel;

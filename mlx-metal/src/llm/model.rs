@@ -16,6 +16,7 @@ use crate::llm::generate::{Generation, PREFILL_STEP};
 use crate::llm::gguf;
 use crate::llm::models::{self, Architecture};
 use crate::llm::tokenizer::Tokenizer;
+use crate::llm::validate;
 use crate::llm::weights::Weights;
 use crate::{backend_name, Error, Result};
 
@@ -61,6 +62,7 @@ impl NativeModel {
         }
         let (config, config_path) = Config::load(path)?;
         let tokenizer = Tokenizer::load(path, &config)?;
+        validate::check_vocab_covers(&config, tokenizer.id_bound())?;
         let (arch, dtypes) = models::load_as(path, &config, &config_path, dtype)?;
         NativeModel::assemble(path, config, arch, tokenizer, dtypes)
     }
@@ -77,6 +79,7 @@ impl NativeModel {
         let g = gguf::load(path)?;
         let tokenizer =
             Tokenizer::from_json(&g.tokenizer_json, &g.tokenizer_config, &g.config, path)?;
+        validate::check_vocab_covers(&g.config, tokenizer.id_bound())?;
         let mut weights = Weights::from_tensors(path, g.tensors, &g.config)?;
         let (arch, dtypes) = models::build_as(&g.config, path, &mut weights, dtype)?;
         NativeModel::assemble(path, g.config, arch, tokenizer, dtypes)
@@ -101,6 +104,11 @@ impl NativeModel {
         info.weights_dtype = dtypes.weights.map(|d| d.to_string());
         info.compute_dtype = dtypes.compute.map(|d| d.to_string());
         info.blas = Some(crate::blas_info().to_string());
+        info.context_length = config
+            .raw
+            .get("max_position_embeddings")
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as usize);
         Ok(NativeModel {
             arch,
             tokenizer,
@@ -163,8 +171,12 @@ impl NativeModel {
             Ok(p) => p,
             Err(e) => return TokenStream::failed(e.into()),
         };
+        if let Err(e) = inference::check_context(prompt.len(), opts, self.info.context_length) {
+            return TokenStream::failed(e);
+        }
         self.metrics = Metrics::default();
         self.metrics.prompt_tokens = prompt.len();
+        self.metrics.context_length = self.info.context_length;
         match Generation::start(
             self.arch.as_ref(),
             &self.tokenizer,
@@ -176,6 +188,7 @@ impl NativeModel {
                 Source {
                     generation,
                     metrics: &mut self.metrics,
+                    delivered: 0,
                 },
                 &opts.stop,
             ),
@@ -188,6 +201,9 @@ impl NativeModel {
 struct Source<'a> {
     generation: Generation<'a>,
     metrics: &'a mut Metrics,
+    /// Tokens handed to the stream: the generated count when a stop string
+    /// ends it (tokens computed ahead are not counted, as on every backend).
+    delivered: usize,
 }
 
 impl TokenSource for Source<'_> {
@@ -200,6 +216,9 @@ impl TokenSource for Source<'_> {
         m.prompt_tps = t.prompt_tps;
         m.generation_tps = t.generation_tps;
         m.peak_memory_bytes = crate::peak_memory().unwrap_or(0) as u64;
+        if matches!(item, Some(Ok(_))) {
+            self.delivered += 1;
+        }
         item.map(|r| r.map_err(inference::Error::from))
     }
 
@@ -209,6 +228,7 @@ impl TokenSource for Source<'_> {
 
     fn stop(&mut self) {
         self.generation.stop();
+        self.metrics.generated_tokens = self.delivered;
     }
 }
 
@@ -218,11 +238,17 @@ impl TextModel for NativeModel {
     }
 
     fn generate<'a>(&'a mut self, prompt: &str, opts: &GenerateOptions) -> TokenStream<'a> {
+        if let Err(e) = inference::check_prompt(prompt) {
+            return TokenStream::failed(e);
+        }
         let ids = self.tokenizer.encode_prompt(prompt);
         self.stream(ids, opts)
     }
 
     fn chat<'a>(&'a mut self, messages: &[Message], opts: &GenerateOptions) -> TokenStream<'a> {
+        if let Err(e) = inference::check_messages(messages) {
+            return TokenStream::failed(e);
+        }
         let ids = self.chat_prompt(messages);
         self.stream(ids, opts)
     }

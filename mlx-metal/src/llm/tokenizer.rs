@@ -200,6 +200,17 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One past the largest id the tokenizer can produce (added tokens
+    /// included): the embedding must have at least this many rows.
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// A fresh streaming detokenizer.
     pub fn detokenizer(&self) -> Detokenizer<'_> {
         Detokenizer {

@@ -88,6 +88,7 @@ pub fn check_header(path: &Path) -> Result<()> {
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)
         .map_err(|e| bad(format!("truncated header: {e}")))?;
+    check_shapes(&header).map_err(|m| bad(format!("corrupt header: {m}")))?;
     let metadata: safetensors::tensor::Metadata =
         serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt header: {e}")))?;
     let data_len = len - 8 - n;
@@ -105,6 +106,34 @@ pub fn check_header(path: &Path) -> Result<()> {
             return Err(bad(format!(
                 "truncated: tensor `{name}` ends at byte {end} of the data but the file holds {data_len}"
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every tensor's `shape` in a safetensors header is a list of
+/// dimensions that fit MLX's 32-bit shapes, naming the tensor (the
+/// safetensors crate's own message for this names none).
+fn check_shapes(header: &[u8]) -> std::result::Result<(), String> {
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let Some(entries) = value.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let shape = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| format!("tensor `{name}`: `shape` must be a list of dimensions"))?;
+        for d in shape {
+            match d.as_u64() {
+                Some(d) if d <= i32::MAX as u64 => {}
+                _ => {
+                    return Err(format!(
+                        "tensor `{name}` has shape {}; MLX dimensions must be integers below 2^31",
+                        serde_json::Value::Array(shape.clone())
+                    ))
+                }
+            }
         }
     }
     Ok(())
@@ -280,6 +309,32 @@ impl Weights {
     /// A Gemma-style RMS norm (scales by `1 + w`).
     pub fn rms_norm_offset_one(&mut self, prefix: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
         RmsNorm::offset_one(self.take(&format!("{prefix}.weight"), &[dim])?, eps)
+    }
+
+    /// Fails when tensors are left that the model did not take: a
+    /// checkpoint with weights the config does not describe (more layers,
+    /// another family) is refused, as mlx_lm refuses it, naming them.
+    pub fn check_all_used(&self) -> Result<()> {
+        if self.tensors.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let file = self.tensors[names[0]].1.clone();
+        let shown: Vec<String> = names.iter().take(5).map(|n| format!("`{n}`")).collect();
+        let more = if names.len() > 5 {
+            format!(" and {} more", names.len() - 5)
+        } else {
+            String::new()
+        };
+        Err(Error::File {
+            path: file,
+            message: format!(
+                "{} tensor(s) that config.json does not describe: {}{more}",
+                names.len(),
+                shown.join(", ")
+            ),
+        })
     }
 
     /// Drops tensors the model does not use (e.g. precomputed rotary

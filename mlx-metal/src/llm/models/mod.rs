@@ -131,5 +131,7 @@ pub fn build_as(
         .find(|(name, _)| *name == config.model_type)
         .ok_or_else(|| unsupported(config, config_path))?;
     let choice = weights.apply_compute_dtype(dtype)?;
-    Ok((loader(config, weights)?, choice))
+    let arch = loader(config, weights)?;
+    weights.check_all_used()?;
+    Ok((arch, choice))
 }
