@@ -149,7 +149,7 @@ pub fn cancel_on_ctrl_c() -> Result<CancellationToken> {
     ctrlc::set_handler(move || {
         if AT_PROMPT.load(Ordering::SeqCst) || t.is_cancelled() {
             eprintln!();
-            std::process::exit(INTERRUPTED);
+            crate::linked::exit(INTERRUPTED);
         }
         t.cancel();
     })

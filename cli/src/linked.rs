@@ -13,3 +13,13 @@ pub fn ensure_linked() {
     #[cfg(feature = "mlxlm")]
     mlxlm::ensure_registered();
 }
+
+/// Ends the program with `code`: through the MLX layer's exit where MLX is
+/// linked (it skips OpenBLAS's exit handler, which can hang), else
+/// `std::process::exit`.
+pub fn exit(code: i32) -> ! {
+    #[cfg(feature = "metal")]
+    mlx_metal::exit(code);
+    #[cfg(not(feature = "metal"))]
+    std::process::exit(code)
+}

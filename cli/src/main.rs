@@ -78,10 +78,10 @@ fn main() {
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
     };
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => linked::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            linked::exit(1);
         }
     }
 }

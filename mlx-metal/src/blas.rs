@@ -234,3 +234,21 @@ pub(crate) fn configure_threads() {
     // SAFETY: a positive count; OpenBLAS clamps it to its compiled maximum.
     unsafe { f(n) };
 }
+
+/// Ends the process with `code` after flushing stdout and stderr, without
+/// running the C libraries' exit handlers.
+///
+/// OpenBLAS's pthread build can hang for ever in its exit handler
+/// (`blas_thread_shutdown_` joining a worker thread that waits on a
+/// condition variable; seen with OpenBLAS 0.3.21 on a loaded machine), so a
+/// program that used MLX on Linux should leave through this rather than
+/// `std::process::exit`. Nothing of this crate needs tearing down: memory
+/// and threads go with the process.
+pub fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes a plain status and ends the process at once; no
+    // Rust state is used after it.
+    unsafe { libc::_exit(code) }
+}

@@ -44,7 +44,7 @@ mod vector;
 
 pub use array::{Array, Element};
 pub use backend::{ensure_registered, MlxBackend};
-pub use blas::{blas_info, BlasInfo, BlasKind};
+pub use blas::{blas_info, exit, BlasInfo, BlasKind};
 pub use compile::{compile, Compiled};
 pub use device::{Device, DeviceType, Stream};
 pub use dtype::Dtype;

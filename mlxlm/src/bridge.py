@@ -23,8 +23,9 @@ Speaks JSON lines: one request per line on stdin, replies on stdout.
 The process never outlives its parent: it exits when its stdin closes or
 when it is re-parented (the parent died, whatever the signal).
 
-Options may carry "prefill_step_size" (prompt tokens per forward pass; the
-cancel request is checked between passes). Non-finite logits end the
+With "cancellable": true in the options the prompt is computed in passes
+sized to take about a quarter of a second each (from 64 tokens, as the
+native backend does), and a cancel request is seen between passes. Non-finite logits end the
 stream with an error. The text of a generation is what the tokenizer's
 decode gives for its ids: mlx_lm's streaming BPE detokenizer drops the
 first token's leading space, which is put back here so that prompt and
@@ -213,6 +214,30 @@ def cancelled():
     return hit
 
 
+def prefill(model, ids, mx, first=64, seconds=0.25):
+    """Runs all but the last prompt token through the model in passes sized
+    to take about `seconds` each (the first of `first` tokens), checking for
+    a cancel request before each; returns the filled cache and the rest of
+    the prompt."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    prompt = mx.array(ids)
+    done, n = 0, first
+    while len(ids) - done > 1:
+        if cancelled():
+            raise Cancelled()
+        k = min(n, len(ids) - done - 1)
+        began = time.perf_counter()
+        model(prompt[done : done + k][None], cache=cache)
+        mx.eval([c.state for c in cache])
+        done += k
+        rate = k / max(time.perf_counter() - began, 1e-6)
+        n = max(16, min(2048, int(rate * seconds) // 16 * 16))
+        mx.clear_cache()
+    return cache, prompt[done:]
+
+
 def generate(req):
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -234,7 +259,7 @@ def generate(req):
         repetition_context_size=int(opts.get("repetition_context_size", 20)),
     )
     max_tokens = int(opts.get("max_tokens", 256))
-    prefill_step_size = int(opts.get("prefill_step_size", 2048))
+    cancellable = bool(opts.get("cancellable", False))
     eos = set(int(i) for i in tokenizer.eos_token_ids)
     detok = tokenizer.detokenizer
     detok.reset()
@@ -251,16 +276,33 @@ def generate(req):
     prompt_tps, gen_start = 0.0, time.perf_counter()
     start = time.perf_counter()
     if max_tokens > 0:
-        steps = generate_step(
-            mx.array(ids),
-            model,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=processors,
-            prefill_step_size=prefill_step_size,
-            prompt_progress_callback=progress,
+        prompt, cache, step = mx.array(ids), None, 2048
+        if cancellable and not processors:
+            try:
+                cache, prompt = prefill(model, ids, mx)
+            except Cancelled:
+                prompt = None
+        elif cancellable:
+            # the repetition penalty must see the whole prompt: mlx_lm's
+            # own passes, small enough to see a cancel request soon
+            step = 64
+        steps = (
+            generate_step(
+                prompt,
+                model,
+                max_tokens=max_tokens,
+                sampler=sampler,
+                logits_processors=processors,
+                prefill_step_size=step,
+                prompt_progress_callback=progress,
+                prompt_cache=cache,
+            )
+            if prompt is not None
+            else None
         )
-        while True:
+        if steps is None:
+            reason = "cancelled"
+        while steps is not None:
             try:
                 token, logprobs = next(steps)
             except StopIteration:

@@ -115,16 +115,11 @@ impl MlxLmModel {
         if let Err(e) = inference::check_context(ids.len(), opts, self.info.context_length) {
             return TokenStream::failed(e);
         }
-        let prefill_step_size = if opts.cancel.is_some() {
-            CANCELLABLE_PREFILL_STEP
-        } else {
-            PREFILL_STEP
-        };
         let request = json!({"op": "generate", "ids": ids, "options": {
             "max_tokens": opts.max_tokens,
             "temperature": opts.temperature,
             "top_k": opts.effective_top_k(self.info.vocab_size),
-            "prefill_step_size": prefill_step_size,
+            "cancellable": opts.cancel.is_some(),
             "top_p": opts.top_p,
             "min_p": opts.min_p,
             "repetition_penalty": opts.repetition_penalty,
@@ -267,14 +262,6 @@ struct Generation<'a> {
     /// message is dropped.
     cancel_sent: bool,
 }
-
-/// Prompt tokens per forward pass in the bridge (mlx_lm's default).
-const PREFILL_STEP: usize = 2048;
-/// Prompt tokens per forward pass when the generation can be cancelled: the
-/// bridge checks for a cancel request between passes, so this bounds how
-/// long a cancellation waits (about a quarter of a second on two CPU cores
-/// for a small model).
-const CANCELLABLE_PREFILL_STEP: usize = 256;
 
 impl Generation<'_> {
     /// Records the final message's figures.

@@ -102,14 +102,15 @@ pub(crate) fn finite_witness(logits: &Array) -> Result<Array> {
 
 /// Prompt tokens per prefill chunk when the generation can be cancelled:
 /// chunks are sized to take about [`CHUNK_SECONDS`] each, so a cancellation
-/// is seen within about that long, starting from this many tokens.
-const FIRST_CANCELLABLE_CHUNK: usize = 256;
+/// is seen within about that long, starting from this many tokens (enough
+/// for most chat turns to be one chunk, as mlx_lm computes them).
+const FIRST_CANCELLABLE_CHUNK: usize = 64;
 /// Target duration of one cancellable prefill chunk.
 const CHUNK_SECONDS: f64 = 0.25;
 
 /// The next prefill chunk's size: the full `step` when nothing can cancel
 /// the generation, else what the last chunk's speed fits in
-/// [`CHUNK_SECONDS`] (a multiple of 64, between 64 and `step`).
+/// [`CHUNK_SECONDS`] (a multiple of 16, between 16 and `step`).
 fn next_chunk(step: usize, cancellable: bool, last: Option<(usize, f64)>) -> usize {
     if !cancellable {
         return step;
@@ -118,10 +119,10 @@ fn next_chunk(step: usize, cancellable: bool, last: Option<(usize, f64)>) -> usi
         None => FIRST_CANCELLABLE_CHUNK,
         Some((tokens, secs)) => {
             let rate = tokens as f64 / secs.max(1e-6);
-            ((rate * CHUNK_SECONDS) as usize / 64) * 64
+            ((rate * CHUNK_SECONDS) as usize / 16) * 16
         }
     };
-    n.clamp(64, step.max(64))
+    n.clamp(16, step.max(16))
 }
 
 /// Figures gathered while generating.
@@ -327,5 +328,21 @@ impl<'a> Generation<'a> {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_chunk;
+
+    #[test]
+    fn prefill_chunks_follow_the_measured_speed_when_cancellable() {
+        assert_eq!(next_chunk(2048, false, Some((10, 100.0))), 2048);
+        assert_eq!(next_chunk(2048, true, None), 64);
+        // 1000 tokens/s: a quarter of a second is 250 tokens, 240 in steps of 16
+        assert_eq!(next_chunk(2048, true, Some((100, 0.1))), 240);
+        // very slow: never below 16; very fast: never above the step
+        assert_eq!(next_chunk(2048, true, Some((16, 30.0))), 16);
+        assert_eq!(next_chunk(2048, true, Some((64, 0.0001))), 2048);
     }
 }
