@@ -214,6 +214,30 @@ def cancelled():
     return hit
 
 
+def faithful(detok):
+    """Makes mlx_lm's streaming BPE detokenizer give what the tokenizer's
+    decode gives: it drops the first token's leading space and turns the
+    byte 0x00 into "Ā" (its byte-level stand-in, because 0 reads as false)."""
+    if type(detok).__name__ != "BPEStreamingDetokenizer":
+        return detok
+    from mlx_lm.tokenizer_utils import _byte_decoder
+
+    def decode_bytes(seq):
+        table = _byte_decoder()
+        out = bytearray()
+        for c in seq:
+            b = table.get(c)
+            if b is None:
+                out.extend(c.encode("utf-8"))
+            else:
+                out.append(b)
+        return out.decode("utf-8", "replace")
+
+    detok._maybe_trim_space = lambda text: text
+    detok._decode_bytes = decode_bytes
+    return detok
+
+
 def prefill(model, ids, mx, first=64, seconds=0.25):
     """Runs all but the last prompt token through the model in passes sized
     to take about `seconds` each (the first of `first` tokens), checking for
@@ -261,10 +285,8 @@ def generate(req):
     max_tokens = int(opts.get("max_tokens", 256))
     cancellable = bool(opts.get("cancellable", False))
     eos = set(int(i) for i in tokenizer.eos_token_ids)
-    detok = tokenizer.detokenizer
+    detok = faithful(tokenizer.detokenizer)
     detok.reset()
-    if hasattr(detok, "_maybe_trim_space"):
-        detok._maybe_trim_space = lambda text: text
 
     def progress(done, total):
         if done < total and cancelled():

@@ -51,3 +51,71 @@ pub fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| fixtures().join("python"))
 }
+
+/// A scratch directory under the system's temporary folder, removed (with
+/// its contents) on drop.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// A fresh empty directory whose name holds `name` and this process id.
+    pub fn new(name: &str) -> ScratchDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mlx-infer-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+
+    /// A copy of the files of `model` (a fixture folder).
+    pub fn copy_of(model: &Path, name: &str) -> ScratchDir {
+        let dir = ScratchDir::new(name);
+        for entry in std::fs::read_dir(model).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        dir
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Reads, edits and writes back its `config.json`.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Value)) {
+        let path = self.0.join("config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut config);
+        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    }
+
+    /// Rewrites `file` (a safetensors file in the directory) after `edit`
+    /// has changed its JSON header and/or its data bytes.
+    pub fn edit_safetensors(&self, file: &str, edit: impl FnOnce(&mut Value, &mut Vec<u8>)) {
+        let path = self.0.join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let mut data = bytes[8 + n..].to_vec();
+        edit(&mut header, &mut data);
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&data);
+        std::fs::write(&path, out).unwrap();
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -112,13 +112,41 @@ pub fn check_header(path: &Path) -> Result<()> {
 }
 
 /// Checks that every tensor's `shape` in a safetensors header is a list of
-/// dimensions that fit MLX's 32-bit shapes, naming the tensor (the
-/// safetensors crate's own message for this names none).
+/// dimensions that fit MLX's 32-bit shapes and that the tensors' data
+/// ranges follow one another without gaps or overlaps, naming the tensor
+/// (the safetensors crate's own messages for these name none, or whichever
+/// tensor its order reaches first).
 fn check_shapes(header: &[u8]) -> std::result::Result<(), String> {
     let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
     let Some(entries) = value.as_object() else {
         return Err("not a JSON object".into());
     };
+    let mut ranges = Vec::new();
+    for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = entry
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
+            .filter(|(a, b)| a <= b)
+            .ok_or_else(|| format!("tensor `{name}`: `data_offsets` must be [start, end]"))?;
+        ranges.push((offsets, name));
+    }
+    ranges.sort();
+    let mut end = 0;
+    for ((a, b), name) in ranges {
+        if a != end {
+            return Err(format!(
+                "tensor `{name}`'s data starts at byte {a}, {} the previous tensor's end ({end})",
+                if a < end {
+                    "inside"
+                } else {
+                    "after a gap from"
+                }
+            ));
+        }
+        end = b;
+    }
     for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
         let shape = entry
             .get("shape")
@@ -192,8 +220,17 @@ impl Weights {
     }
 
     fn missing(&self, name: &str) -> Error {
+        // name the weight file when there is only one
+        let mut files = self.tensors.values().map(|(_, f)| f);
+        let path = match (
+            files.next(),
+            files.all(|f| Some(f) == self.tensors.values().next().map(|(_, f)| f)),
+        ) {
+            (Some(first), true) => first.clone(),
+            _ => self.dir.clone(),
+        };
         Error::File {
-            path: self.dir.clone(),
+            path,
             message: format!("tensor `{name}` is missing from the weights"),
         }
     }
