@@ -273,4 +273,221 @@ fn non_finite_logits_stop_with_an_error_on_both_backends() {
         assert!(stderr.contains("non-finite logits"), "{backend}: {stderr}");
         assert!(!stderr.contains("stop: eos"), "{backend}: {stderr}");
     }
+    // batched generation too
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
+        .args(["batch", "--max-tokens", "3", "--model"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nworld\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "batch: {stderr}");
+    assert!(stderr.contains("non-finite logits"), "batch: {stderr}");
+}
+
+/// Runs the CLI with `args`; returns the exit code and stderr.
+fn cli(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
+        .args(args)
+        .env("MLXLM_PYTHON", test_support::python())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_options_and_empty_inputs_are_refused_like_an_empty_prompt() {
+    let model = fixtures().join("qwen3");
+    let m = model.to_str().unwrap();
+    for (args, stdin, needle) in [
+        (
+            vec!["chat", "--model", m, "--message", ""],
+            &b""[..],
+            "message 1 (user) is empty",
+        ),
+        (vec!["chat", "--model", m], &b""[..], "is empty"),
+        (
+            vec!["generate", "--model", m, "--prompt", ""],
+            &b""[..],
+            "the prompt is empty",
+        ),
+        (
+            vec!["generate", "--model", m],
+            &b""[..],
+            "the prompt is empty",
+        ),
+        (
+            vec!["bench", "--model", m, "--prompt", "hi", "--runs", "0"],
+            &b""[..],
+            "--runs",
+        ),
+        (
+            vec!["bench", "--model", m, "--prompt", "hi", "--max-tokens", "0"],
+            &b""[..],
+            "--max-tokens",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "hi",
+                "--temperature=inf",
+            ],
+            &b""[..],
+            "temperature must be a finite number >= 0",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "hi",
+                "--backend",
+                if inference::native_backend_name() == "mlx" {
+                    "metal"
+                } else {
+                    "mlx"
+                },
+            ],
+            &b""[..],
+            "not available on this platform",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "hi",
+                "--max-context",
+                "0",
+            ],
+            &b""[..],
+            "--max-context",
+        ),
+    ] {
+        let (code, stderr) = cli(&args, stdin);
+        assert!(
+            matches!(code, Some(1) | Some(2)),
+            "{args:?}: exit {code:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: `{needle}` not in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_prompt_beyond_the_context_is_warned_about_or_refused() {
+    let model = fixtures().join("qwen3"); // max_position_embeddings 1024
+    let long = "word ".repeat(1500);
+    let out = Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
+        .args([
+            "generate",
+            "--json",
+            "--max-tokens",
+            "2",
+            "--prompt",
+            &long,
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the prompt has") && stderr.contains("context of 1024"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let done: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(done["over_context"], true, "{done}");
+    assert_eq!(done["context_length"], 1024, "{done}");
+
+    let (code, stderr) = cli(
+        &[
+            "generate",
+            "--max-tokens",
+            "2",
+            "--max-context",
+            "100",
+            "--prompt",
+            &long,
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("over the context limit of 100"), "{stderr}");
+
+    // a short prompt: no warning
+    let (code, stderr) = cli(
+        &[
+            "generate",
+            "--max-tokens",
+            "2",
+            "--prompt",
+            "hi",
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn an_mlxlm_interpreter_that_dies_is_reported_with_its_signal() {
+    let dir = ScratchDir::new("dying-python");
+    let script = dir.path().join("python3");
+    std::fs::write(&script, "#!/bin/sh\nkill -9 $$\n").unwrap();
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
+        .args([
+            "generate",
+            "--backend",
+            "mlxlm",
+            "--prompt",
+            "hi",
+            "--model",
+        ])
+        .arg(fixtures().join("qwen3"))
+        .env("MLXLM_PYTHON", &script)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("killed by signal 9"), "{stderr}");
 }

@@ -306,6 +306,9 @@ pub struct BatchGeneration<'m> {
     rows: Vec<Row<'m>>,
     /// The tokens sampled for the current rows, not yet read.
     next: Option<Array>,
+    /// Per row, the sum of the logits the tokens in `next` came from:
+    /// finite exactly when all of them were.
+    check: Option<Array>,
     sampler: Sampler,
     events: VecDeque<BatchEvent>,
     failed: bool,
@@ -369,6 +372,7 @@ impl<'m> BatchGeneration<'m> {
             batch: None,
             rows: Vec::new(),
             next: None,
+            check: None,
             sampler: Sampler::new(&sampler_settings(opts))?,
             events,
             failed: false,
@@ -387,12 +391,18 @@ impl<'m> BatchGeneration<'m> {
             (0..free).map_while(|_| self.waiting.pop_front()).collect();
         let prompts: Vec<&[u32]> = group.iter().map(|(_, p)| p.as_slice()).collect();
         let (batch, logits) = Batch::prefill(self.model, &prompts, PREFILL_STEP)?;
+        let first_check = row_witness(&logits)?;
         let first = self.sampler.sample(logits, None)?;
         // Tokens already sampled for the running rows come first.
         let next = match self.next.take() {
             Some(running) => Array::concatenate(&[&running, &first], 0)?,
             None => first,
         };
+        let check = match self.check.take() {
+            Some(running) => Array::concatenate(&[&running, &first_check], 0)?,
+            None => first_check,
+        };
+        self.check = Some(check);
         match &mut self.batch {
             Some(b) => b.extend(batch)?,
             None => self.batch = Some(batch),
@@ -424,6 +434,16 @@ impl<'m> BatchGeneration<'m> {
         };
         let cancelled = self.opts.is_cancelled();
         let ids = tokens.to_vec::<u32>()?;
+        if let Some(check) = self.check.take() {
+            let sums = check.to_vec::<f32>()?;
+            if let Some(r) = sums.iter().position(|s| !s.is_finite()) {
+                let row = self.rows.get(r).map_or(r, |row| row.index);
+                return Err(crate::Error::NonFinite(format!(
+                    "for input {row}, at its generated token {}",
+                    self.rows.get(r).map_or(0, |row| row.ids.len()) + 1
+                )));
+            }
+        }
         for (row, &id) in self.rows.iter_mut().zip(&ids) {
             if cancelled {
                 row.reason = Some(StopReason::Cancelled);
@@ -485,11 +505,14 @@ impl<'m> BatchGeneration<'m> {
         if let Some(b) = &mut self.batch {
             let input = Array::from_vec(&kept_tokens)?;
             let logits = b.step(&input)?;
+            let check = row_witness(&logits)?;
             let next = self.sampler.sample(logits, None)?;
             let mut state = b.state();
             state.push(&next);
+            state.push(&check);
             async_eval(&state)?;
             self.next = Some(next);
+            self.check = Some(check);
         }
         if self.generated.is_multiple_of(256) {
             clear_cache()?;
@@ -516,4 +539,10 @@ impl<'m> BatchGeneration<'m> {
             }
         }
     }
+}
+
+/// Per row of `logits` (`[B, vocab]`), their sum in float32: finite exactly
+/// when the row's logits all are (see `generate::finite_witness`).
+fn row_witness(logits: &Array) -> Result<Array> {
+    logits.astype(crate::Dtype::Float32)?.sum(&[-1], false)
 }
