@@ -221,12 +221,10 @@ impl Weights {
 
     fn missing(&self, name: &str) -> Error {
         // name the weight file when there is only one
-        let mut files = self.tensors.values().map(|(_, f)| f);
-        let path = match (
-            files.next(),
-            files.all(|f| Some(f) == self.tensors.values().next().map(|(_, f)| f)),
-        ) {
-            (Some(first), true) => first.clone(),
+        let files: std::collections::BTreeSet<&PathBuf> =
+            self.tensors.values().map(|(_, f)| f).collect();
+        let path = match files.iter().next() {
+            Some(only) if files.len() == 1 => (*only).clone(),
             _ => self.dir.clone(),
         };
         Error::File {
