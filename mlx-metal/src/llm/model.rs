@@ -261,6 +261,8 @@ impl TextModel for NativeModel {
         let started = std::time::Instant::now();
         crate::reset_peak_memory()?;
         let prompts = self.encode_inputs(inputs)?;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        inference::check_context(longest, &GenerateOptions::default(), self.info.context_length)?;
         let out = batch::classify(self.arch.as_ref(), &self.tokenizer, &prompts, opts)?;
         let mut m = Metrics::default();
         m.prompt_tokens = prompts.iter().map(Vec::len).sum();
@@ -280,6 +282,10 @@ impl TextModel for NativeModel {
             Ok(p) => p,
             Err(e) => return BatchStream::failed(e.into()),
         };
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if let Err(e) = inference::check_context(longest, opts, self.info.context_length) {
+            return BatchStream::failed(e);
+        }
         if let Err(e) = crate::reset_peak_memory() {
             return BatchStream::failed(e.into());
         }
