@@ -274,24 +274,17 @@ fn non_finite_logits_stop_with_an_error_on_both_backends() {
         assert!(!stderr.contains("stop: eos"), "{backend}: {stderr}");
     }
     // batched generation too
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
-        .args(["batch", "--max-tokens", "3", "--model"])
-        .arg(dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello\nworld\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "batch: {stderr}");
+    let (code, stderr) = cli(
+        &[
+            "batch",
+            "--max-tokens",
+            "3",
+            "--model",
+            dir.path().to_str().unwrap(),
+        ],
+        b"hello\nworld\n",
+    );
+    assert_eq!(code, Some(1), "batch: {stderr}");
     assert!(stderr.contains("non-finite logits"), "batch: {stderr}");
 }
 

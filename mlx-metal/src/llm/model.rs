@@ -262,7 +262,11 @@ impl TextModel for NativeModel {
         crate::reset_peak_memory()?;
         let prompts = self.encode_inputs(inputs)?;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        inference::check_context(longest, &GenerateOptions::default(), self.info.context_length)?;
+        inference::check_context(
+            longest,
+            &GenerateOptions::default(),
+            self.info.context_length,
+        )?;
         let out = batch::classify(self.arch.as_ref(), &self.tokenizer, &prompts, opts)?;
         let mut m = Metrics::default();
         m.prompt_tokens = prompts.iter().map(Vec::len).sum();
