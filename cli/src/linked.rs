@@ -16,7 +16,7 @@ pub fn ensure_linked() {
 
 /// Ends the program with `code`: through the MLX layer's exit where MLX is
 /// linked (it skips OpenBLAS's exit handler, which can hang), else
-/// `std::process::exit`.
+/// `std::process::exit`. Callers flush stdout first where they can.
 pub fn exit(code: i32) -> ! {
     #[cfg(feature = "metal")]
     mlx_metal::exit(code);

@@ -77,6 +77,8 @@ fn main() {
         Command::Convert(args) => convert::run(&args),
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
     };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
     match result {
         Ok(code) => linked::exit(code),
         Err(e) => {

@@ -235,8 +235,10 @@ pub(crate) fn configure_threads() {
     unsafe { f(n) };
 }
 
-/// Ends the process with `code` after flushing stdout and stderr, without
-/// running the C libraries' exit handlers.
+/// Ends the process with `code` at once, without running the C libraries'
+/// exit handlers; flush what must be written first (this does not touch
+/// stdout, whose lock another thread may hold, so it is safe in a signal
+/// handler's thread).
 ///
 /// OpenBLAS's pthread build can hang for ever in its exit handler
 /// (`blas_thread_shutdown_` joining a worker thread that waits on a
@@ -245,9 +247,6 @@ pub(crate) fn configure_threads() {
 /// `std::process::exit`. Nothing of this crate needs tearing down: memory
 /// and threads go with the process.
 pub fn exit(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     // SAFETY: `_exit` takes a plain status and ends the process at once; no
     // Rust state is used after it.
     unsafe { libc::_exit(code) }
