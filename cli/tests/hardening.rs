@@ -34,7 +34,12 @@ fn generate(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
 /// Asserts a clean refusal: status 1, and `needles` (file, key) in the
 /// message.
 fn refused(case: &str, dir: &Path, needles: &[&str]) {
-    let (code, stderr) = generate(dir, &[]);
+    refused_by(case, dir, needles, &[]);
+}
+
+/// [`refused`], with extra arguments (a backend).
+fn refused_by(case: &str, dir: &Path, needles: &[&str], extra: &[&str]) {
+    let (code, stderr) = generate(dir, extra);
     assert_eq!(code, Some(1), "{case}: exit {code:?}\n{stderr}");
     for needle in needles {
         assert!(
@@ -53,6 +58,11 @@ fn config_case(fixture: &str, case: &str, edit: impl FnOnce(&mut Value), needles
     let mut all = vec!["config.json"];
     all.extend_from_slice(needles);
     refused(case, dir.path(), &all);
+    // the mlxlm backend applies the same checks before Python sees the
+    // file (the vocabulary against the tokenizer is mlx_lm's own check)
+    if !needles.contains(&"vocab_size") {
+        refused_by(case, dir.path(), &all, &["--backend", "mlxlm"]);
+    }
 }
 
 #[test]

@@ -32,6 +32,7 @@
 
 mod backend;
 mod batch;
+mod config_check;
 pub mod discover;
 mod error;
 pub mod gguf;
@@ -48,6 +49,7 @@ pub use batch::{
     BatchEvent, BatchOptions, BatchStream, Classification, ClassifyOptions, Completion, Input,
     TokenScore,
 };
+pub use config_check::check_config;
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};

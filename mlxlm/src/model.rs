@@ -40,9 +40,24 @@ impl MlxLmModel {
         if !dir.is_dir() {
             return Err(load_error("no such model directory".into()));
         }
-        if !dir.join("config.json").is_file() {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
             return Err(load_error("no config.json in the model directory".into()));
         }
+        // The same checks as the native backend, before Python builds
+        // anything from the file.
+        let config_error = |message: String| Error::Load {
+            path: config_path.clone(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| config_error(e.to_string()))?;
+        let config: Value =
+            serde_json::from_str(&text).map_err(|e| config_error(format!("invalid JSON: {e}")))?;
+        inference::check_config(&config, &config_path).map_err(|e| match e {
+            inference::Error::InvalidModel { path, message } => Error::Load { path, message },
+            other => config_error(other.to_string()),
+        })?;
         let mut bridge = Bridge::start()?;
         bridge.send(&json!({"op": "load", "path": dir, "dtype": dtype.as_str()}))?;
         let reply = bridge.recv().map_err(|e| match e {
