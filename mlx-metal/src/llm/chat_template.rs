@@ -7,6 +7,11 @@ use minijinja::{context, Environment, ErrorKind};
 
 use crate::{Error, Result};
 
+/// Template instructions one rendering may run: real chat templates use a
+/// few hundred per message, so this allows conversations of thousands of
+/// turns while a template that loops for ever stops with an error.
+const FUEL: u64 = 50_000_000;
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -26,6 +31,8 @@ impl ChatTemplate {
     /// Compiles `source` (read from `path`, named in errors).
     pub fn new(source: &str, path: &Path) -> Result<ChatTemplate> {
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(64);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -73,5 +80,52 @@ impl ChatTemplate {
                 self.source_path.display()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn render(source: &str) -> Result<String> {
+        let t = ChatTemplate::new(source, Path::new("tokenizer_config.json"))?;
+        t.render(
+            &[TemplateMessage {
+                role: "user",
+                content: "hi",
+            }],
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_template_that_never_ends_is_an_error() {
+        let looping = "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}";
+        let e = render(looping).unwrap_err().to_string();
+        assert!(e.contains("tokenizer_config.json"), "{e}");
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        assert!(render(deep).is_err());
+    }
+
+    #[test]
+    fn a_long_conversation_renders() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>",
+            Path::new("tokenizer_config.json"),
+        )
+        .unwrap();
+        let messages: Vec<TemplateMessage<'_>> = (0..5000)
+            .map(|i| TemplateMessage {
+                role: if i % 2 == 0 { "user" } else { "assistant" },
+                content: "hello there",
+            })
+            .collect();
+        assert!(t
+            .render(&messages, None, None)
+            .unwrap()
+            .ends_with("<|assistant|>"));
     }
 }
