@@ -120,6 +120,17 @@ impl NativeModel {
         self.arch.as_ref()
     }
 
+    /// The architecture, mutable (to attach adapters or update parameters
+    /// through its [`Module`](crate::nn::Module) tree).
+    pub fn architecture_mut(&mut self) -> &mut dyn Architecture {
+        self.arch.as_mut()
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
     /// The prompt ids a chat conversation encodes to: the template rendered
     /// with the generation prompt, encoded without adding special tokens
     /// again.

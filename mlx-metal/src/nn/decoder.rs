@@ -4,6 +4,7 @@
 
 use crate::llm::weights::Weights;
 use crate::nn::cache::{KvCache, Mask};
+use crate::nn::params::{join, Module, Visitor};
 use crate::nn::{Attention, Embedding, Linear, Mlp, RmsNorm};
 use crate::{Array, Result};
 
@@ -171,6 +172,33 @@ pub fn window_masks(
     Ok(out)
 }
 
+impl Module for PreNormBlock {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        self.attn.visit(&join(prefix, "self_attn"), v)?;
+        self.mlp.visit(&join(prefix, "mlp"), v)?;
+        self.input_norm.visit(&join(prefix, "input_layernorm"), v)?;
+        self.post_attn_norm
+            .visit(&join(prefix, "post_attention_layernorm"), v)
+    }
+}
+
+impl Module for Decoder {
+    /// Names as mlx_lm's: `model.embed_tokens`, `model.layers.N`,
+    /// `model.norm`, `lm_head` (under `prefix`, normally empty).
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        let model = join(prefix, "model");
+        self.embed.visit(&join(&model, "embed_tokens"), v)?;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            b.visit(&format!("{model}.layers.{i}"), v)?;
+        }
+        self.norm.visit(&join(&model, "norm"), v)?;
+        if let Some(head) = &mut self.lm_head {
+            head.visit(&join(prefix, "lm_head"), v)?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::llm::models::Architecture for Decoder {
     fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         Decoder::hidden(self, tokens, caches)
@@ -186,5 +214,9 @@ impl crate::llm::models::Architecture for Decoder {
 
     fn num_layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    fn module(&mut self) -> &mut dyn Module {
+        self
     }
 }
