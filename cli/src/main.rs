@@ -10,6 +10,7 @@ mod linked;
 mod loading;
 mod model_path;
 mod models;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Command {
     /// List the models on this machine (Hugging Face cache, default model, ollama) and their backend.
     #[command(alias = "discover")]
     Models(models::ModelsArgs),
+    /// Fine-tune a model (LoRA, DoRA or full) on a folder of JSONL data; writes an adapter.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -54,6 +57,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -37,6 +37,9 @@ pub struct ModelInfo {
     /// The BLAS library behind the backend's CPU matrix products (e.g.
     /// `OpenBLAS 0.3.21, 2 threads`), when known.
     pub blas: Option<String>,
+    /// The adapter folder applied on top of the weights, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_path: Option<PathBuf>,
 }
 
 impl ModelInfo {

@@ -32,6 +32,16 @@ impl MlxLmModel {
     /// as the native backend (`auto`: float32 for bfloat16/float16 weights
     /// when MLX computes on the CPU).
     pub fn load_with_dtype(dir: &Path, dtype: ComputeDtype) -> Result<MlxLmModel> {
+        Self::load_with_adapter(dir, dtype, None)
+    }
+
+    /// [`load_with_dtype`](Self::load_with_dtype) with an adapter folder
+    /// applied by `mlx_lm.load(..., adapter_path=adapter)`.
+    pub fn load_with_adapter(
+        dir: &Path,
+        dtype: ComputeDtype,
+        adapter: Option<&Path>,
+    ) -> Result<MlxLmModel> {
         let load_error = |message: String| Error::Load {
             path: dir.to_path_buf(),
             message,
@@ -43,7 +53,9 @@ impl MlxLmModel {
             return Err(load_error("no config.json in the model directory".into()));
         }
         let mut bridge = Bridge::start()?;
-        bridge.send(&json!({"op": "load", "path": dir, "dtype": dtype.as_str()}))?;
+        bridge.send(
+            &json!({"op": "load", "path": dir, "dtype": dtype.as_str(), "adapter_path": adapter}),
+        )?;
         let reply = bridge.recv().map_err(|e| match e {
             Error::Python { message } => load_error(message),
             other => other,
@@ -63,6 +75,7 @@ impl MlxLmModel {
         info.weights_dtype = text("weights_dtype");
         info.compute_dtype = text("compute_dtype");
         info.blas = text("blas");
+        info.adapter_path = adapter.map(Path::to_path_buf);
         Ok(MlxLmModel {
             bridge,
             info,

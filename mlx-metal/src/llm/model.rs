@@ -126,6 +126,21 @@ impl NativeModel {
         self.arch.as_mut()
     }
 
+    /// Applies the adapter in folder `dir` (mlx_lm's layout:
+    /// `adapters.safetensors` + `adapter_config.json`), as
+    /// `mlx_lm.load(..., adapter_path=dir)` does.
+    ///
+    /// ```no_run
+    /// let mut model = mlx_metal::llm::NativeModel::load("models/smollm2".as_ref())?;
+    /// model.load_adapter("adapters".as_ref())?;
+    /// # Ok::<(), mlx_metal::Error>(())
+    /// ```
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        crate::train::adapter::load(self.arch.as_mut(), dir)?;
+        self.info.adapter_path = Some(dir.to_path_buf());
+        Ok(())
+    }
+
     /// The chat template, if the model has one.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.template.as_ref()

@@ -66,14 +66,14 @@ pub struct AttentionConfig {
     pub softcap: Option<f32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
 }
 
 /// An attention block.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Attention {
     qkv: Qkv,
     o_proj: Linear,

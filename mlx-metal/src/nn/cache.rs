@@ -176,6 +176,12 @@ impl KvCache {
         }
     }
 
+    /// Whether this is a [`batch_transient`](Self::batch_transient) cache
+    /// (one forward pass whose keys and values are not kept).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KvCache::Batch(c) if c.transient)
+    }
+
     /// Keeps only `rows` (in that order) of a batch cache.
     pub fn filter(&mut self, rows: &[usize]) -> Result<()> {
         self.as_batch()?.filter(rows)

@@ -7,14 +7,14 @@ use crate::nn::params::{join, Module, Visitor};
 use crate::nn::Linear;
 use crate::{Array, Error, Result};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum GateUp {
     Separate { gate: Linear, up: Linear },
     Fused(Linear),
 }
 
 /// A gated MLP.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mlp {
     gate_up: GateUp,
     down_proj: Linear,

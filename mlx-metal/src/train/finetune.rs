@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::llm::models::Architecture;
 use crate::nn::params::{Trainable, Visitor};
 use crate::nn::{Linear, LoraLinear, LoraParams};
-use crate::{Array, Error, Result};
+use crate::{Array, Dtype, Error, Result};
 
 /// `--fine-tune-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -235,4 +235,32 @@ pub fn check_num_layers(arch: &dyn Architecture, num_layers: i32) -> Result<()> 
         )));
     }
     Ok(())
+}
+
+/// Casts every trainable parameter to `dtype` (the type training updates
+/// and the optimiser state are kept in; float32 by default, whatever the
+/// base weights' type).
+pub fn cast_trainable(
+    arch: &mut dyn Architecture,
+    trainable: &Trainable,
+    dtype: Dtype,
+) -> Result<()> {
+    let cast = trainable
+        .parameters(arch.module())?
+        .into_iter()
+        .filter(|(_, a)| a.dtype() != dtype)
+        .map(|(k, a)| Ok((k, a.astype(dtype)?)))
+        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+    crate::nn::params::update(arch.module(), "", &cast)
+}
+
+/// Turns gradient checkpointing of every block on or off: each block's
+/// activations are recomputed in the backward pass instead of kept, with
+/// the parameters `trainable` names as the checkpoint's inputs.
+pub fn set_grad_checkpoint(
+    arch: &mut dyn Architecture,
+    trainable: Option<&Trainable>,
+) -> Result<()> {
+    let names = trainable.map(|t| t.names().map(str::to_string).collect());
+    arch.set_checkpoint(names)
 }

@@ -6,9 +6,9 @@
 //!   named trainable parameters;
 //! - [`optim`] holds Adam, AdamW and SGD with mlx's update formulas,
 //!   [`schedule`] the learning-rate schedules;
-//! - `data` reads `train.jsonl` / `valid.jsonl` / `test.jsonl` and builds
+//! - [`data`] reads `train.jsonl` / `valid.jsonl` / `test.jsonl` and builds
 //!   padded batches;
-//! - `trainer` runs the loop (reports, validation, saving, stopping);
+//! - [`trainer`] runs the loop (reports, validation, saving, stopping);
 //! - [`adapter`] saves and loads `adapters.safetensors` +
 //!   `adapter_config.json`, `fuse` merges an adapter into the weights.
 //!
@@ -30,7 +30,9 @@
 //! ```
 
 pub mod adapter;
+pub mod data;
 pub mod finetune;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;

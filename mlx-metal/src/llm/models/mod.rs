@@ -54,6 +54,18 @@ pub trait Architecture: Send {
     /// (`model.layers.N.self_attn.q_proj.weight`, ...).
     fn module(&mut self) -> &mut dyn Module;
 
+    /// Runs every block of uncached (training) passes under MLX's gradient
+    /// checkpoint, with the parameters `names` lists as its inputs; `None`
+    /// turns it off. Families that do not support it refuse.
+    fn set_checkpoint(&mut self, names: Option<std::collections::BTreeSet<String>>) -> Result<()> {
+        match names {
+            None => Ok(()),
+            Some(_) => Err(Error::InvalidArgument(
+                "gradient checkpointing is not supported for this architecture".into(),
+            )),
+        }
+    }
+
     /// Logits `[B, L, vocab]` of whole sequences `[B, L]` with no cache
     /// kept (training and evaluation): causal attention over each row.
     fn forward_uncached(&self, tokens: &Array) -> Result<Array> {
