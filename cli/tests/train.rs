@@ -54,20 +54,31 @@ fn json_lines(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Runs `mlx-infer train` with small defaults; `extra` adds flags or
+/// overrides a default's value.
 fn train(model: &Path, data: &Path, adapter: &Path, extra: &[&str]) -> (i32, String, String) {
-    output(
-        cli()
-            .args(["train", "--model"])
-            .arg(model)
-            .arg("--data")
-            .arg(data)
-            .arg("--adapter-path")
-            .arg(adapter)
-            .args(["--iters", "6", "--batch-size", "2", "--num-layers", "2"])
-            .args(["--learning-rate", "1e-3", "--steps-per-report", "2"])
-            .args(["--steps-per-eval", "3", "--save-every", "3"])
-            .args(extra),
-    )
+    let defaults = [
+        ("--iters", "6"),
+        ("--batch-size", "2"),
+        ("--num-layers", "2"),
+        ("--learning-rate", "1e-3"),
+        ("--steps-per-report", "2"),
+        ("--steps-per-eval", "3"),
+        ("--save-every", "3"),
+    ];
+    let mut cmd = cli();
+    cmd.args(["train", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--adapter-path")
+        .arg(adapter);
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    output(cmd.args(extra))
 }
 
 const PROMPT: &str = "What is 3 plus 3?";
@@ -234,4 +245,226 @@ fn an_adapter_trained_by_mlx_lm_gives_the_same_greedy_ids_here() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Trains a small llama adapter (2 iterations) into `dir/adapter`.
+fn small_adapter(dir: &Path) -> PathBuf {
+    let (data, adapter) = (dir.join("data"), dir.join("adapter"));
+    write_data(&data);
+    let (code, _, stderr) = train(
+        &fixtures().join("llama"),
+        &data,
+        &adapter,
+        &["--iters", "2"],
+    );
+    assert_eq!(code, 0, "train failed: {stderr}");
+    adapter
+}
+
+#[test]
+fn adapters_for_another_model_or_rank_are_refused_naming_the_file() {
+    let dir = scratch("mismatch");
+    let adapter = small_adapter(&dir);
+    let generate = |model: &str, adapter: &Path| {
+        output(
+            cli()
+                .args([
+                    "generate",
+                    "--backend",
+                    "mlx",
+                    "--max-tokens",
+                    "2",
+                    "--prompt",
+                    "hi",
+                ])
+                .arg("--model")
+                .arg(fixtures().join(model))
+                .arg("--adapter-path")
+                .arg(adapter),
+        )
+    };
+    let (code, _, stderr) = generate("mistral", &adapter);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("adapters.safetensors") && stderr.contains("k_proj.lora_b` has shape"),
+        "{stderr}"
+    );
+
+    let config = adapter.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"rank\": 8", "\"rank\": 4")).unwrap();
+    let (code, _, stderr) = generate("llama", &adapter);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("another rank or model"), "{stderr}");
+
+    let (code, _, stderr) = generate("llama", &dir.join("nowhere"));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("nowhere") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_training_input_gets_clear_errors() {
+    let dir = scratch("badinput");
+    let model = fixtures().join("llama");
+    let (code, _, stderr) = train(&model, &dir.join("nodata"), &dir.join("a"), &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("nodata") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (code, _, stderr) = train(&model, &data, &dir.join("a"), &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("train.jsonl") && stderr.contains("missing"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        data.join("train.jsonl"),
+        "{\"text\": \"ok\"}\n{\"text\": 5}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = train(&model, &data, &dir.join("a"), &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("train.jsonl:2: expected a string `text`"),
+        "{stderr}"
+    );
+
+    std::fs::write(data.join("train.jsonl"), "{\"text\": \"only one\"}\n").unwrap();
+    let (code, _, stderr) = train(&model, &data, &dir.join("a"), &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("fewer than the batch size 2"), "{stderr}");
+
+    write_data(&data);
+    let (code, _, stderr) = train(&model, &data, &dir.join("a"), &["--num-layers", "3"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("only 2"), "{stderr}");
+
+    // Long rows train, truncated, with one warning.
+    let (code, stdout, stderr) = train(
+        &model,
+        &data,
+        &dir.join("a"),
+        &["--max-seq-length", "8", "--iters", "3"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.matches("truncated to 8").count(), 1, "{stderr}");
+    let _ = stdout;
+
+    // The output folder may not be a file.
+    let file = dir.join("file");
+    std::fs::write(&file, "keep me").unwrap();
+    let (code, _, stderr) = train(&model, &data, &file, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is not a folder"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether every tensor of a safetensors file is finite (read by mlx).
+fn all_finite(path: &Path) -> bool {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys, mlx.core as mx; w = mx.load(sys.argv[1]); print(all(bool(mx.all(mx.isfinite(v))) for v in w.values()))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_adapter() {
+    let dir = scratch("nan");
+    let (data, adapter) = (dir.join("data"), dir.join("adapter"));
+    write_data(&data);
+    let (code, _, stderr) = train(
+        &fixtures().join("llama"),
+        &data,
+        &adapter,
+        &[
+            "--optimizer",
+            "sgd",
+            "--learning-rate",
+            "1e30",
+            "--iters",
+            "50",
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("the training loss became"), "{stderr}");
+    let weights = adapter.join("adapters.safetensors");
+    assert!(weights.is_file());
+    assert!(all_finite(&weights), "the saved adapter is finite");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_saves_the_adapter_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch("ctrlc");
+    let (data, adapter) = (dir.join("data"), dir.join("adapter"));
+    write_data(&data);
+    let mut child = cli()
+        .args(["train", "--model"])
+        .arg(fixtures().join("llama"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--adapter-path")
+        .arg(&adapter)
+        .args([
+            "--iters",
+            "100000",
+            "--batch-size",
+            "2",
+            "--steps-per-report",
+            "1",
+        ])
+        .args(["--num-layers", "2"])
+        .args([
+            "--save-every",
+            "100000",
+            "--steps-per-eval",
+            "100000",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("a report before the end").unwrap();
+        if line.contains("\"train\"") {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted after"), "{stderr}");
+    assert!(rest.iter().any(|l| l.contains("\"save\"")), "{rest:?}");
+    assert!(adapter.join("adapters.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -281,3 +281,50 @@ fn ten_adam_and_adamw_steps_match_mlx_lm() {
 fn ten_sgd_steps_match_mlx_lm() {
     check_ten_steps("qwen2", "sgd", 1e-3);
 }
+
+#[test]
+fn grad_checkpoint_gives_the_same_loss_and_gradients() {
+    for (fixture, kind) in [
+        ("llama", FineTuneType::Lora),
+        ("qwen3-4bit", FineTuneType::Dora),
+    ] {
+        let (mut model, trainable, dir) = prepare(fixture, &lora_config(kind), "checkpoint");
+        let (batch, lengths) = batch_arrays(1);
+        let plain =
+            loss::loss_and_grads(model.architecture_mut(), &trainable, &batch, &lengths).unwrap();
+        finetune::set_grad_checkpoint(model.architecture_mut(), Some(&trainable)).unwrap();
+        let ckpt =
+            loss::loss_and_grads(model.architecture_mut(), &trainable, &batch, &lengths).unwrap();
+        assert_eq!(
+            plain.loss.item::<f32>().unwrap(),
+            ckpt.loss.item::<f32>().unwrap()
+        );
+        assert_eq!(plain.grads.len(), ckpt.grads.len());
+        for (name, g) in &plain.grads {
+            let d = max_abs_diff(g, &ckpt.grads[name]);
+            assert!(
+                d <= 1e-6,
+                "{fixture}: {name} differs by {d} under checkpointing"
+            );
+        }
+        // Generation still works (checkpointing applies to uncached passes only).
+        let ids = Array::from_slice(&[1i32, 2, 3], &[1, 3]).unwrap();
+        let mut caches = model.architecture().make_caches();
+        model
+            .architecture()
+            .forward(&ids, &mut caches)
+            .unwrap()
+            .eval()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn gemma_refuses_grad_checkpoint_with_a_clear_error() {
+    let (mut model, trainable, dir) = prepare("gemma2", &lora_config(FineTuneType::Lora), "ckpt");
+    let err =
+        finetune::set_grad_checkpoint(model.architecture_mut(), Some(&trainable)).unwrap_err();
+    assert!(err.to_string().contains("not supported"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -234,7 +234,7 @@ impl Encoder<'_> {
                         return Err(bad(
                             path,
                             Some(line),
-                            "--mask-prompt needs prompt/completion or chat data, not text",
+                            "prompt masking needs prompt/completion or chat data, not text",
                         ));
                     }
                     format = Some(f);
