@@ -4,6 +4,7 @@ mod backends;
 mod batch;
 mod bench;
 mod convert;
+mod fuse;
 mod generate;
 mod inputs;
 mod linked;
@@ -41,6 +42,8 @@ enum Command {
     /// List the models on this machine (Hugging Face cache, default model, ollama) and their backend.
     #[command(alias = "discover")]
     Models(models::ModelsArgs),
+    /// Merge a fine-tuned adapter into a model's weights; writes a model directory.
+    Fuse(fuse::FuseArgs),
     /// Fine-tune a model (LoRA, DoRA or full) on a folder of JSONL data; writes an adapter.
     Train(train::TrainArgs),
 }
@@ -58,6 +61,7 @@ fn main() {
         Command::Convert(args) => convert::run(&args),
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
         Command::Train(args) => train::run(args),
+        Command::Fuse(args) => fuse::run(&args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -468,3 +468,148 @@ fn ctrl_c_saves_the_adapter_and_exits_130() {
     assert!(adapter.join("adapters.safetensors").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Greedy ids of mlx_lm on a model directory (no adapter).
+fn mlx_lm_greedy_plain(model: &Path) -> Vec<u64> {
+    let script = r#"
+import json, sys
+import mlx.core as mx
+from mlx_lm import load
+from mlx_lm.generate import generate_step
+model, tok = load(sys.argv[1])
+prompt = tok.encode(sys.argv[2])
+ids = []
+for token, _ in generate_step(mx.array(prompt), model, max_tokens=12, sampler=lambda x: mx.argmax(x, axis=-1)):
+    token = int(token)
+    if token in tok.eos_token_ids:
+        break
+    ids.append(token)
+print(json.dumps(ids))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(model)
+        .arg(PROMPT)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mlx_lm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Max |a - b| over the tensors two model directories share (float ones,
+/// dequantised by mlx), and the names only one has.
+fn compare_weights(a: &Path, b: &Path) -> (f64, Vec<String>) {
+    let script = r#"
+import json, sys, glob
+import mlx.core as mx
+def load(d):
+    w = {}
+    for f in glob.glob(d + "/*.safetensors"):
+        w.update(mx.load(f))
+    return w
+a, b = load(sys.argv[1]), load(sys.argv[2])
+only = sorted(set(a) ^ set(b))
+worst = 0.0
+for k in set(a) & set(b):
+    if a[k].dtype == mx.uint32:
+        continue
+    worst = max(worst, mx.abs(a[k].astype(mx.float32) - b[k].astype(mx.float32)).max().item())
+print(json.dumps([worst, only]))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn fuse_matches_mlx_lm_fuse() {
+    for (fixture, dequantize) in [
+        ("llama", false),
+        ("qwen3-4bit", false),
+        ("qwen3-4bit", true),
+    ] {
+        let model = fixtures().join(fixture);
+        let dir = scratch(&format!("fuse-{fixture}-{dequantize}"));
+        let (data, adapter) = (dir.join("data"), dir.join("adapter"));
+        write_data(&data);
+        let (code, _, stderr) = train(&model, &data, &adapter, &[]);
+        assert_eq!(code, 0, "train failed: {stderr}");
+
+        let ours = dir.join("fused");
+        let mut cmd = cli();
+        cmd.args(["fuse", "--model"])
+            .arg(&model)
+            .arg("--adapter-path")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(&ours);
+        if dequantize {
+            cmd.arg("--dequantize");
+        }
+        let (code, _, stderr) = output(&mut cmd);
+        assert_eq!(code, 0, "fuse failed: {stderr}");
+        let theirs = dir.join("fused-mlx-lm");
+        let mut py = Command::new(python());
+        py.args(["-m", "mlx_lm", "fuse", "--model"])
+            .arg(&model)
+            .arg("--adapter-path")
+            .arg(&adapter)
+            .arg("--save-path")
+            .arg(&theirs);
+        if dequantize {
+            py.arg("--dequantize");
+        }
+        let out = py.output().unwrap();
+        assert!(
+            out.status.success(),
+            "mlx_lm.fuse failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let with_adapter = mlx_lm_greedy(&model, &adapter);
+        assert_eq!(
+            mlx_lm_greedy_plain(&ours),
+            with_adapter,
+            "{fixture}: mlx_lm on our fused model"
+        );
+        assert_eq!(
+            our_greedy(&ours, None),
+            mlx_lm_greedy_plain(&theirs),
+            "{fixture}: ours vs mlx_lm's fused"
+        );
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(ours.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            config.get("quantization").is_some(),
+            fixture.ends_with("bit") && !dequantize
+        );
+        let (worst, only) = compare_weights(&ours, &theirs);
+        assert!(
+            only.is_empty(),
+            "{fixture}: tensors only one side has: {only:?}"
+        );
+        if !fixture.ends_with("bit") || dequantize {
+            assert!(worst <= 1e-4, "{fixture}: fused weights differ by {worst}");
+        }
+
+        // The output is not overwritten.
+        let (code, _, stderr) = output(&mut cmd);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("not empty"), "{stderr}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

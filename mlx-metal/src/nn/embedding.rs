@@ -52,6 +52,9 @@ impl Embedding {
 
 impl Module for Embedding {
     fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        if v.embedding(prefix, self)? {
+            return Ok(());
+        }
         match self {
             Embedding::Dense(w) => v.array(&join(prefix, "weight"), w),
             Embedding::Quantized(q) => {

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::nn::Linear;
+use crate::nn::{Embedding, Linear};
 use crate::{Array, Error, Result};
 
 /// What a walk over the parameter tree does at each array and each linear
@@ -32,6 +32,12 @@ pub trait Visitor {
     /// arrays; returning `true` skips them (the visitor handled or replaced
     /// the layer).
     fn linear(&mut self, _name: &str, _layer: &mut Linear) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Called for every embedding table (name without `.weight`) before
+    /// its arrays; returning `true` skips them.
+    fn embedding(&mut self, _name: &str, _table: &mut Embedding) -> Result<bool> {
         Ok(false)
     }
 }

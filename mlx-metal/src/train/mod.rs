@@ -10,7 +10,7 @@
 //!   padded batches;
 //! - [`trainer`] runs the loop (reports, validation, saving, stopping);
 //! - [`adapter`] saves and loads `adapters.safetensors` +
-//!   `adapter_config.json`, `fuse` merges an adapter into the weights.
+//!   `adapter_config.json`, [`fuse`] merges an adapter into the weights.
 //!
 //! ```no_run
 //! use mlx_metal::llm::NativeModel;
@@ -32,6 +32,7 @@
 pub mod adapter;
 pub mod data;
 pub mod finetune;
+pub mod fuse;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
