@@ -332,6 +332,10 @@ mod native {
             })?;
             eprintln!("resuming from {}", file.display());
         }
+        // Materialise the weights (casts included) before timing starts.
+        let all = mlx_metal::nn::params::named(arch.module(), "")?;
+        mlx_metal::eval(&all.values().collect::<Vec<_>>())?;
+        drop(all);
         let n_train: usize = trainable
             .parameters(arch.module())?
             .values()
