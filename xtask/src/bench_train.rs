@@ -66,6 +66,18 @@ pub struct Options {
     pub python: Option<PathBuf>,
 }
 
+/// A file of this repository: under the folder this program was built in,
+/// else under the current directory (a copied binary run in a checkout
+/// elsewhere, as on the GPU machine).
+fn repo_file(rel: &str) -> PathBuf {
+    let built = root().join(rel);
+    if built.is_file() {
+        built
+    } else {
+        PathBuf::from(rel)
+    }
+}
+
 /// Writes `examples` lines of text, each about `4 * seq_len / 3` tokens.
 fn write_data(dir: &Path, examples: usize, seq_len: usize) -> Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -170,7 +182,7 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     };
     let scratch = std::env::temp_dir().join(format!("bench-train-{}", std::process::id()));
-    let script = root().join("xtask/python/bench_train_mlx_lm.py");
+    let script = repo_file("xtask/python/bench_train_mlx_lm.py");
     let libmlx = if opts.cli.is_some() {
         None
     } else {
