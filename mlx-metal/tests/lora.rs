@@ -328,3 +328,15 @@ fn gemma_refuses_grad_checkpoint_with_a_clear_error() {
     assert!(err.to_string().contains("not supported"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_full_fine_tuning_step_matches_mlx_lm() {
+    let config = AdapterConfig {
+        fine_tune_type: FineTuneType::Full,
+        num_layers: 1,
+        lora_parameters: None,
+    };
+    for fixture in ["llama", "qwen3"] {
+        check_one_step(fixture, config.clone(), 1e-4);
+    }
+}
