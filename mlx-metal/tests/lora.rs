@@ -340,3 +340,71 @@ fn one_full_fine_tuning_step_matches_mlx_lm() {
         check_one_step(fixture, config.clone(), 1e-4);
     }
 }
+
+struct Quiet;
+
+impl mlx_metal::train::trainer::Hooks for Quiet {
+    fn report(&mut self, _: &mlx_metal::train::trainer::Report) {}
+    fn save(&mut self, _: Option<usize>, _: &BTreeMap<String, Array>) -> mlx_metal::Result<()> {
+        Ok(())
+    }
+}
+
+/// Two accumulated batches make one update with their mean gradient: with
+/// identical batches, the same update as one plain iteration.
+#[test]
+fn gradient_accumulation_averages_the_batches() {
+    use mlx_metal::train::data::{Dataset, Example, Format};
+    use mlx_metal::train::trainer::{train, TrainArgs};
+    let example = Example {
+        tokens: (5..30).collect(),
+        offset: 3,
+    };
+    let ds = Dataset {
+        path: "memory".into(),
+        format: Format::Text,
+        examples: vec![example; 4],
+    };
+    let run = |iters: usize, accum: usize| -> BTreeMap<String, Array> {
+        let (mut model, trainable, dir) = prepare(
+            "llama",
+            &lora_config(FineTuneType::Lora),
+            &format!("accum{accum}"),
+        );
+        let args = TrainArgs {
+            iters,
+            batch_size: 2,
+            grad_accumulation_steps: accum,
+            ..TrainArgs::default()
+        };
+        let mut opt = Optimizer::sgd(1e-2);
+        train(
+            model.architecture_mut(),
+            &trainable,
+            &mut opt,
+            &ds,
+            None,
+            &args,
+            &mut Quiet,
+        )
+        .unwrap();
+        assert_eq!(opt.step(), 1, "one update");
+        let _ = std::fs::remove_dir_all(&dir);
+        trainable
+            .parameters(model.architecture_mut().module())
+            .unwrap()
+    };
+    let (once, accumulated) = (run(1, 1), run(2, 2));
+    let (mut model, trainable, dir) = prepare("llama", &lora_config(FineTuneType::Lora), "accum0");
+    let initial = trainable
+        .parameters(model.architecture_mut().module())
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut moved = 0.0f32;
+    for (name, w) in &once {
+        let d = max_abs_diff(w, &accumulated[name]);
+        assert!(d <= 1e-6, "{name} differs by {d}");
+        moved = moved.max(max_abs_diff(w, &initial[name]));
+    }
+    assert!(moved > 1e-4, "the update changed the adapter ({moved})");
+}
