@@ -85,11 +85,16 @@ const PROMPT: &str = "What is 3 plus 3?";
 
 /// Greedy ids of `mlx-infer generate` (native backend).
 fn our_greedy(model: &Path, adapter: Option<&Path>) -> Vec<u64> {
+    greedy_on("mlx", model, adapter)
+}
+
+/// Greedy ids of `mlx-infer generate --backend BACKEND`.
+fn greedy_on(backend: &str, model: &Path, adapter: Option<&Path>) -> Vec<u64> {
     let mut cmd = cli();
     cmd.args([
         "generate",
         "--backend",
-        "mlx",
+        backend,
         "--max-tokens",
         "12",
         "--json",
@@ -200,6 +205,11 @@ fn an_adapter_trained_here_gives_mlx_lm_the_same_greedy_ids() {
         let ours = our_greedy(&model, Some(&adapter));
         let theirs = mlx_lm_greedy(&model, &adapter);
         assert_eq!(ours, theirs, "{fixture}: greedy ids with the adapter");
+        assert_eq!(
+            greedy_on("mlxlm", &model, Some(&adapter)),
+            theirs,
+            "{fixture}: the mlxlm backend applies the adapter too"
+        );
         assert_ne!(
             ours,
             our_greedy(&model, None),
