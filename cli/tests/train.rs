@@ -623,3 +623,67 @@ fn fuse_matches_mlx_lm_fuse() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Whether two safetensors files hold the same tensors (names and values).
+fn same_tensors(a: &Path, b: &Path) -> bool {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys, mlx.core as mx; a, b = mx.load(sys.argv[1]), mx.load(sys.argv[2]); print(set(a) == set(b) and all(bool(mx.array_equal(a[k], b[k])) for k in a))",
+        ])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
+}
+
+#[test]
+fn training_resumes_from_saved_weights_and_reports_the_test_loss() {
+    let dir = scratch("resume");
+    let first = small_adapter(&dir);
+    let data = dir.join("data");
+    std::fs::copy(data.join("valid.jsonl"), data.join("test.jsonl")).unwrap();
+    let saved = dir.join("first.safetensors");
+    std::fs::copy(first.join("adapters.safetensors"), &saved).unwrap();
+    // A learning rate of 0 leaves the resumed weights as they were.
+    let second = dir.join("second");
+    let (code, stdout, stderr) = output(
+        cli()
+            .args(["train", "--model"])
+            .arg(fixtures().join("llama"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--adapter-path")
+            .arg(&second)
+            .args(["--iters", "1", "--batch-size", "2", "--num-layers", "2"])
+            .args(["--learning-rate", "0", "--json", "--resume-adapter-file"])
+            .arg(&saved),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(same_tensors(&saved, &second.join("adapters.safetensors")));
+    let lines = json_lines(&stdout);
+    let test = lines
+        .iter()
+        .find(|l| l["type"] == "test")
+        .expect("a test report");
+    assert!(test["test_loss"].as_f64().unwrap() > 0.0);
+
+    // Without resuming, the fresh adapter differs from the saved one.
+    let third = dir.join("third");
+    let (code, _, stderr) = train(
+        &fixtures().join("llama"),
+        &data,
+        &third,
+        &["--iters", "1", "--learning-rate", "0"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!same_tensors(&saved, &third.join("adapters.safetensors")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
