@@ -27,6 +27,9 @@ pub struct ClassifyArgs {
     /// Floating-point type to compute in (as for `generate`).
     #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
     dtype: inference::ComputeDtype,
+    /// Apply the fine-tuned adapter in this folder (adapters.safetensors + adapter_config.json).
+    #[arg(long)]
+    adapter_path: Option<PathBuf>,
     /// One input per line: plain text, {"prompt": ...} or {"messages": [...]} (default: stdin).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -84,7 +87,12 @@ fn progress(total: usize) -> ProgressBar {
 /// Runs `mlx-infer classify`.
 pub fn classify(args: ClassifyArgs) -> Result<i32> {
     let parsed = inputs::read(args.input.as_deref(), args.skip_invalid)?;
-    let mut model = crate::generate::load(args.model.clone(), args.backend.as_deref(), args.dtype)?;
+    let mut model = crate::generate::load(
+        args.model.clone(),
+        args.backend.as_deref(),
+        args.dtype,
+        args.adapter_path.as_deref(),
+    )?;
     let opts = ClassifyOptions::default()
         .top_k(args.top_k)
         .labels(args.labels.iter().map(|l| l.as_str()))

@@ -1,7 +1,7 @@
 //! `mlx-infer generate` and `mlx-infer chat`: stream tokens to stdout.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -31,6 +31,9 @@ pub struct CommonArgs {
     /// quantised; their scales follow.
     #[arg(long, default_value = "auto", value_parser = crate::loading::dtype_parser())]
     dtype: ComputeDtype,
+    /// Apply the fine-tuned adapter in this folder (adapters.safetensors + adapter_config.json).
+    #[arg(long)]
+    adapter_path: Option<PathBuf>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -98,10 +101,12 @@ pub fn load(
     model: Option<PathBuf>,
     backend: Option<&str>,
     dtype: ComputeDtype,
+    adapter_path: Option<&Path>,
 ) -> Result<Box<dyn TextModel>> {
     let dir = crate::model_path::resolve(model)?;
     let mut opts = LoadOptions::default().dtype(dtype);
     opts.backend = backend.map(str::to_string);
+    opts.adapter_path = adapter_path.map(Path::to_path_buf);
     let model = inference::load_model_with(&dir, opts)?;
     eprintln!("{}", crate::loading::summary(model.info()));
     Ok(model)
@@ -132,7 +137,12 @@ impl CommonArgs {
 
     /// Loads the model these options name.
     pub fn load(&self) -> Result<Box<dyn TextModel>> {
-        load(self.model.clone(), self.backend.as_deref(), self.dtype)
+        load(
+            self.model.clone(),
+            self.backend.as_deref(),
+            self.dtype,
+            self.adapter_path.as_deref(),
+        )
     }
 }
 

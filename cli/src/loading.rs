@@ -36,6 +36,9 @@ pub fn summary(info: &ModelInfo) -> String {
         line.push_str(": ");
         line.push_str(&parts.join(", "));
     }
+    if let Some(a) = &info.adapter_path {
+        line.push_str(&format!(" with adapter {}", a.display()));
+    }
     line
 }
 

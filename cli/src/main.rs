@@ -4,12 +4,14 @@ mod backends;
 mod batch;
 mod bench;
 mod convert;
+mod fuse;
 mod generate;
 mod inputs;
 mod linked;
 mod loading;
 mod model_path;
 mod models;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +42,10 @@ enum Command {
     /// List the models on this machine (Hugging Face cache, default model, ollama) and their backend.
     #[command(alias = "discover")]
     Models(models::ModelsArgs),
+    /// Merge a fine-tuned adapter into a model's weights; writes a model directory.
+    Fuse(fuse::FuseArgs),
+    /// Fine-tune a model (LoRA, DoRA or full) on a folder of JSONL data; writes an adapter.
+    Train(train::TrainArgs),
 }
 
 /// Prints the libraries' warnings (e.g. a prompt beyond the model's
@@ -76,6 +82,8 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
+        Command::Train(args) => train::run(args),
+        Command::Fuse(args) => fuse::run(&args),
     };
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -40,6 +40,9 @@ pub struct ModelInfo {
     /// The context length the model was trained for
     /// (`max_position_embeddings`), when known.
     pub context_length: Option<usize>,
+    /// The adapter folder applied on top of the weights, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_path: Option<PathBuf>,
 }
 
 impl ModelInfo {

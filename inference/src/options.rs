@@ -22,6 +22,10 @@ pub struct LoadOptions {
     pub backend: Option<String>,
     /// The floating-point type the model computes in.
     pub dtype: ComputeDtype,
+    /// A fine-tuned adapter folder (`adapters.safetensors` +
+    /// `adapter_config.json`, mlx_lm's layout) to apply on top of the
+    /// base model.
+    pub adapter_path: Option<std::path::PathBuf>,
 }
 
 impl LoadOptions {
@@ -34,6 +38,18 @@ impl LoadOptions {
     /// Set [`dtype`](Self::dtype).
     pub fn dtype(mut self, dtype: ComputeDtype) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// Apply the adapter in folder `dir` (see
+    /// [`adapter_path`](Self::adapter_path)).
+    ///
+    /// ```
+    /// let opts = inference::LoadOptions::default().adapter_path("adapters");
+    /// assert_eq!(opts.adapter_path.as_deref(), Some(std::path::Path::new("adapters")));
+    /// ```
+    pub fn adapter_path(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.adapter_path = Some(dir.into());
         self
     }
 }

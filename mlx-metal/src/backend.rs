@@ -35,7 +35,11 @@ impl Backend for MlxBackend {
     }
 
     fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        Ok(Box::new(NativeModel::load_with_dtype(dir, opts.dtype)?))
+        let mut model = NativeModel::load_with_dtype(dir, opts.dtype)?;
+        if let Some(adapter) = &opts.adapter_path {
+            model.load_adapter(adapter)?;
+        }
+        Ok(Box::new(model))
     }
 }
 

@@ -42,6 +42,26 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A training dataset file is missing, malformed or unusable; `line`
+    /// (1-based) names the offending JSON line when there is one.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Dataset {
+        /// The file (or folder) at fault.
+        path: PathBuf,
+        /// The 1-based line, when one line is at fault.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// Training produced a loss that is NaN or infinite; nothing of that
+    /// step was applied.
+    #[error("the training loss became {value} at iteration {iteration}; stopped without applying that step (lower the learning rate?)")]
+    NonFiniteLoss {
+        /// The 1-based iteration.
+        iteration: usize,
+        /// The loss as printed (`NaN`, `inf`).
+        value: String,
+    },
 }
 
 impl From<Error> for inference::Error {
@@ -49,6 +69,7 @@ impl From<Error> for inference::Error {
         match e {
             Error::File { path, message } => inference::Error::InvalidModel { path, message },
             Error::InvalidArgument(m) => inference::Error::InvalidArgument(m),
+            e @ Error::Dataset { .. } => inference::Error::InvalidArgument(e.to_string()),
             e @ Error::UnsupportedModel { .. } => inference::Error::Unsupported(e.to_string()),
             other => inference::Error::from_backend(crate::backend_name(), other),
         }

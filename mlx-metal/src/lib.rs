@@ -39,6 +39,7 @@ mod ops;
 pub mod random;
 mod runtime;
 mod status;
+pub mod train;
 mod transforms;
 mod vector;
 
@@ -56,4 +57,7 @@ pub use memory::{
 };
 pub use ops::QuantizedWeight;
 pub use runtime::{backend_name, gpu_available, metal_available, mlx_version};
-pub use transforms::{async_eval, eval, value_and_grad, vjp};
+pub use transforms::{
+    async_eval, checkpoint, eval, value_and_grad, value_and_grad_of, vjp, ArrayFn, Checkpointed,
+    ValueAndGrad,
+};

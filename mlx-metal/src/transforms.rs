@@ -124,3 +124,116 @@ impl Drop for ValueAndGrad {
         unsafe { sys::mlx_closure_value_and_grad_free(self.raw) };
     }
 }
+
+/// The signature of a function that [`value_and_grad_of`] differentiates.
+pub type ArrayFn<'a> = dyn Fn(&[Array]) -> Result<Vec<Array>> + 'a;
+
+/// Calls `f` through MLX while `f` is alive: MLX gets a `'static` closure
+/// that reaches `f` through a slot this guard empties when the scope ends,
+/// so a call after the scope gets an error, never a dangling reference.
+struct Scoped {
+    slot: Rc<std::cell::Cell<Option<*const ArrayFn<'static>>>>,
+}
+
+impl Scoped {
+    fn new(f: &ArrayFn<'_>) -> (Scoped, Rc<Body>) {
+        let ptr: *const ArrayFn<'_> = f;
+        // SAFETY: only the lifetime bound of the trait object changes; the
+        // pointer is dereferenced only while the slot holds it, and `Scoped`'s
+        // drop empties the slot before `f`'s borrow ends.
+        let ptr: *const ArrayFn<'static> = unsafe { std::mem::transmute(ptr) };
+        let slot = Rc::new(std::cell::Cell::new(Some(ptr)));
+        let inner = Rc::clone(&slot);
+        let body = move |x: &[Array]| -> Result<Vec<Array>> {
+            match inner.get() {
+                // SAFETY: the slot is set only while the referent is borrowed
+                // by the live `Scoped` (see `Scoped::new`).
+                Some(p) => unsafe { (*p)(x) },
+                None => Err(Error::Closure(
+                    "a scoped function was called after its scope ended".into(),
+                )),
+            }
+        };
+        (Scoped { slot }, Rc::new(body) as Rc<Body>)
+    }
+}
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        self.slot.set(None);
+    }
+}
+
+/// Value and gradient of `f` (first output a scalar loss) at `inputs`, with
+/// respect to the inputs at `argnums`. Unlike [`value_and_grad`], `f` may
+/// borrow from its surroundings (a model, a batch): it is called only
+/// during this call.
+///
+/// ```
+/// use mlx_metal::{value_and_grad_of, Array};
+///
+/// let w = Array::from_vec(&[3.0f32, 4.0])?; // borrowed, not moved
+/// let (value, grads) = value_and_grad_of(
+///     &|x: &[Array]| Ok(vec![x[0].multiply(&w)?.sum(&[], false)?]),
+///     &[Array::from_vec(&[1.0f32, 2.0])?],
+///     &[0],
+/// )?;
+/// assert_eq!(value[0].item::<f32>()?, 11.0);
+/// assert_eq!(grads[0].to_vec::<f32>()?, vec![3.0, 4.0]);
+/// # Ok::<(), mlx_metal::Error>(())
+/// ```
+pub fn value_and_grad_of(
+    f: &ArrayFn<'_>,
+    inputs: &[Array],
+    argnums: &[i32],
+) -> Result<(Vec<Array>, Vec<Array>)> {
+    if argnums.is_empty() {
+        return Err(Error::InvalidArgument(
+            "value_and_grad needs at least one argument index".into(),
+        ));
+    }
+    let (guard, body) = Scoped::new(f);
+    let closure = Closure::new(body, false);
+    crate::status::init();
+    // SAFETY: creates a handle owned by `vag`.
+    let mut vag = ValueAndGrad {
+        raw: unsafe { sys::mlx_closure_value_and_grad_new() },
+    };
+    // SAFETY: `closure.raw` is valid; `argnums` is valid for its length.
+    call(|| unsafe {
+        sys::mlx_value_and_grad(&mut vag.raw, closure.raw, argnums.as_ptr(), argnums.len())
+    })?;
+    let out = vag.apply(inputs);
+    drop(vag);
+    drop(closure);
+    drop(guard);
+    out
+}
+
+/// Wraps `f` in MLX's gradient checkpoint: its intermediate values are not
+/// kept for the backward pass but recomputed there, trading compute for
+/// memory. `f` must not borrow (MLX may call it again during a later
+/// backward pass).
+pub fn checkpoint<F>(f: F) -> Result<Checkpointed>
+where
+    F: Fn(&[Array]) -> Result<Vec<Array>> + 'static,
+{
+    let closure = Closure::new(Rc::new(f) as Rc<Body>, false);
+    let out = Closure::empty();
+    let mut out = Checkpointed { closure: out };
+    // SAFETY: `closure.raw` is valid; `out.closure.raw` is an owned handle mlx-c writes.
+    call(|| unsafe { sys::mlx_checkpoint(&mut out.closure.raw, closure.raw) })?;
+    Ok(out)
+}
+
+/// A function wrapped by [`checkpoint`].
+pub struct Checkpointed {
+    closure: Closure,
+}
+
+impl Checkpointed {
+    /// Calls the wrapped function.
+    pub fn apply(&self, inputs: &[Array]) -> Result<Vec<Array>> {
+        self.closure.apply(inputs)
+    }
+}

@@ -34,7 +34,11 @@ impl Backend for MlxLmBackend {
     }
 
     fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        Ok(Box::new(MlxLmModel::load_with_dtype(dir, opts.dtype)?))
+        Ok(Box::new(MlxLmModel::load_with_adapter(
+            dir,
+            opts.dtype,
+            opts.adapter_path.as_deref(),
+        )?))
     }
 }
 

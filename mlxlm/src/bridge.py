@@ -156,11 +156,13 @@ def blas_in_use():
     return None
 
 
-def load(path, dtype="auto"):
+def load(path, dtype="auto", adapter_path=None):
     import mlx.core as mx
     from mlx_lm import load as mlx_load
 
-    model, tokenizer, config = mlx_load(path, return_config=True)
+    model, tokenizer, config = mlx_load(
+        path, adapter_path=adapter_path, return_config=True
+    )
     stored = weights_dtype(model, mx)
     target = compute_dtype(dtype, stored, mx)
     if target is not None:
@@ -416,7 +418,7 @@ def main():
         op = req.get("op")
         try:
             if op == "load":
-                send({"ok": True, "info": load(req["path"], req.get("dtype", "auto"))})
+                send({"ok": True, "info": load(req["path"], req.get("dtype", "auto"), req.get("adapter_path"))})
             elif op == "encode":
                 send({"ids": encode(req)})
             elif op == "generate":

@@ -33,6 +33,16 @@ impl MlxLmModel {
     /// as the native backend (`auto`: float32 for bfloat16/float16 weights
     /// when MLX computes on the CPU).
     pub fn load_with_dtype(dir: &Path, dtype: ComputeDtype) -> Result<MlxLmModel> {
+        Self::load_with_adapter(dir, dtype, None)
+    }
+
+    /// [`load_with_dtype`](Self::load_with_dtype) with an adapter folder
+    /// applied by `mlx_lm.load(..., adapter_path=adapter)`.
+    pub fn load_with_adapter(
+        dir: &Path,
+        dtype: ComputeDtype,
+        adapter: Option<&Path>,
+    ) -> Result<MlxLmModel> {
         let load_error = |message: String| Error::Load {
             path: dir.to_path_buf(),
             message,
@@ -59,7 +69,9 @@ impl MlxLmModel {
             other => config_error(other.to_string()),
         })?;
         let mut bridge = Bridge::start()?;
-        bridge.send(&json!({"op": "load", "path": dir, "dtype": dtype.as_str()}))?;
+        bridge.send(
+            &json!({"op": "load", "path": dir, "dtype": dtype.as_str(), "adapter_path": adapter}),
+        )?;
         let reply = bridge.recv().map_err(|e| match e {
             Error::Python { message } => load_error(message),
             other => other,
@@ -80,6 +92,7 @@ impl MlxLmModel {
         info.compute_dtype = text("compute_dtype");
         info.blas = text("blas");
         info.context_length = count("context_length");
+        info.adapter_path = adapter.map(Path::to_path_buf);
         Ok(MlxLmModel {
             bridge,
             info,

@@ -103,7 +103,7 @@ pub fn sentences(count: usize) -> Vec<String> {
 
 /// The default bench model: the default GGUF as a bfloat16 MLX directory
 /// (mlx_lm cannot read GGUF; half precision, as most checkpoints ship).
-fn default_model(cli: &Path) -> Result<PathBuf> {
+pub(crate) fn default_model(cli: &Path) -> Result<PathBuf> {
     let dir = cache_root()?.join("models/SmolLM2-135M-Instruct-bf16");
     if dir.join("model.safetensors").is_file() {
         return Ok(dir);

@@ -8,10 +8,12 @@
 //! - `cargo xtask bench [--model DIR]`: mlx_lm vs the native backend.
 //! - `cargo xtask bench ops`: single MLX operations, mlx-metal vs Python MLX.
 //! - `cargo xtask bench classify|batch`: batched inference, mlx_lm vs mlx-infer.
+//! - `cargo xtask bench train`: LoRA training tokens/s and peak memory, mlx_lm vs mlx-infer.
 
 mod bench;
 mod bench_batch;
 mod bench_ops;
+mod bench_train;
 mod blas;
 mod build_mlx;
 mod default_model;
@@ -72,6 +74,8 @@ enum BenchWhat {
     Classify(bench_batch::Options),
     /// Generated tok/s of batched greedy completions, mlx_lm vs mlx-infer.
     Batch(bench_batch::Options),
+    /// LoRA training tokens/s and peak memory, mlx_lm vs mlx-infer.
+    Train(bench_train::Options),
 }
 
 fn main() {
@@ -89,6 +93,7 @@ fn run(cli: Cli) -> Result<()> {
             Some(BenchWhat::Ops(opts)) => bench_ops::run(&opts),
             Some(BenchWhat::Classify(opts)) => bench_batch::run(bench_batch::Mode::Classify, &opts),
             Some(BenchWhat::Batch(opts)) => bench_batch::run(bench_batch::Mode::Batch, &opts),
+            Some(BenchWhat::Train(opts)) => bench_train::run(&opts),
             None => bench::run(&args.model),
         },
         Command::DefaultModel => default_model::run().map(|_| ()),

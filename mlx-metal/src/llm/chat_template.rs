@@ -58,6 +58,19 @@ impl ChatTemplate {
         bos_token: Option<&str>,
         eos_token: Option<&str>,
     ) -> Result<String> {
+        self.render_with(messages, true, bos_token, eos_token)
+    }
+
+    /// Renders `messages`, appending the generation prompt only when
+    /// `add_generation_prompt` (training data renders whole conversations
+    /// without it).
+    pub fn render_with(
+        &self,
+        messages: &[TemplateMessage<'_>],
+        add_generation_prompt: bool,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat").expect("added in new()");
         tmpl.render(context! {
             messages => minijinja::Value::from(
@@ -66,7 +79,7 @@ impl ChatTemplate {
                     .map(|m| context! { role => m.role, content => m.content })
                     .collect::<Vec<_>>()
             ),
-            add_generation_prompt => true,
+            add_generation_prompt => add_generation_prompt,
             bos_token => bos_token.unwrap_or_default(),
             eos_token => eos_token.unwrap_or_default(),
         })

@@ -128,6 +128,32 @@ impl NativeModel {
         self.arch.as_ref()
     }
 
+    /// The architecture, mutable (to attach adapters or update parameters
+    /// through its [`Module`](crate::nn::Module) tree).
+    pub fn architecture_mut(&mut self) -> &mut dyn Architecture {
+        self.arch.as_mut()
+    }
+
+    /// Applies the adapter in folder `dir` (mlx_lm's layout:
+    /// `adapters.safetensors` + `adapter_config.json`), as
+    /// `mlx_lm.load(..., adapter_path=dir)` does.
+    ///
+    /// ```no_run
+    /// let mut model = mlx_metal::llm::NativeModel::load("models/smollm2".as_ref())?;
+    /// model.load_adapter("adapters".as_ref())?;
+    /// # Ok::<(), mlx_metal::Error>(())
+    /// ```
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        crate::train::adapter::load(self.arch.as_mut(), dir)?;
+        self.info.adapter_path = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
     /// The prompt ids a chat conversation encodes to: the template rendered
     /// with the generation prompt, encoded without adding special tokens
     /// again.

@@ -178,6 +178,14 @@ impl Tokenizer {
         &self.eos_ids
     }
 
+    /// The id of the EOS token text (what Hugging Face's `eos_token_id`
+    /// gives), if the vocabulary has it.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+    }
+
     /// The BOS token text.
     pub fn bos_token(&self) -> Option<&str> {
         self.bos_token.as_deref()

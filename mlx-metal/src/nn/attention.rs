@@ -5,6 +5,7 @@
 use crate::fast::scaled_dot_product_attention;
 use crate::llm::weights::Weights;
 use crate::nn::cache::{KvCache, Mask};
+use crate::nn::params::{join, Module, Visitor};
 use crate::nn::{Linear, RmsNorm, Rope};
 use crate::{Array, Dtype, Result};
 
@@ -65,14 +66,14 @@ pub struct AttentionConfig {
     pub softcap: Option<f32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
 }
 
 /// An attention block.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Attention {
     qkv: Qkv,
     o_proj: Linear,
@@ -231,4 +232,25 @@ fn masked(scores: &Array, keep: &Array) -> Result<Array> {
     };
     let fill = Array::scalar(low).astype(scores.dtype())?;
     keep.select(scores, &fill)
+}
+
+impl Module for Attention {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        match &mut self.qkv {
+            Qkv::Separate { q, k, v: vp } => {
+                q.visit(&join(prefix, "q_proj"), v)?;
+                k.visit(&join(prefix, "k_proj"), v)?;
+                vp.visit(&join(prefix, "v_proj"), v)?;
+            }
+            Qkv::Fused(qkv) => qkv.visit(&join(prefix, "qkv_proj"), v)?,
+        }
+        self.o_proj.visit(&join(prefix, "o_proj"), v)?;
+        if let Some(n) = &mut self.q_norm {
+            n.visit(&join(prefix, "q_norm"), v)?;
+        }
+        if let Some(n) = &mut self.k_norm {
+            n.visit(&join(prefix, "k_norm"), v)?;
+        }
+        Ok(())
+    }
 }

@@ -176,6 +176,12 @@ impl KvCache {
         }
     }
 
+    /// Whether this is a [`batch_transient`](Self::batch_transient) cache
+    /// (one forward pass whose keys and values are not kept).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KvCache::Batch(c) if c.transient)
+    }
+
     /// Keeps only `rows` (in that order) of a batch cache.
     pub fn filter(&mut self, rows: &[usize]) -> Result<()> {
         self.as_batch()?.filter(rows)
@@ -269,6 +275,14 @@ impl BatchCache {
     /// `[B, 1, n, keys]` keep-mask for `n` new queries (taken before the
     /// update): a row sees its own real columns, causally, within the window.
     fn make_mask(&self, n: i32, window: Option<i32>) -> Result<Mask> {
+        // No padding, nothing cached, no window (whole training rows, or a
+        // batch prefill of equal lengths): plain causal attention, which
+        // MLX's fused kernels take without a mask array.
+        let window = window.or(self.window);
+        if self.idx == 0 && self.start == 0 && window.is_none() && self.left.iter().all(|&l| l == 0)
+        {
+            return Ok(Mask::Causal);
+        }
         let total = self.idx + n;
         let b = self.left.len() as i32;
         let cols =
@@ -283,7 +297,7 @@ impl BatchCache {
             .greater_equal(&left)?
             .logical_or(&cols.equal(&queries)?)?
             .logical_and(&cols.less_equal(&queries)?)?;
-        if let Some(w) = window.or(self.window) {
+        if let Some(w) = window {
             mask = mask.logical_and(&cols.greater(&queries.add(&Array::scalar(-w))?)?)?;
         }
         Ok(Mask::Array(mask))

@@ -4,11 +4,14 @@
 
 use crate::llm::weights::Weights;
 use crate::nn::cache::{KvCache, Mask};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::nn::params::{self, join, Module, Visitor};
 use crate::nn::{Attention, Embedding, Linear, Mlp, RmsNorm};
-use crate::{Array, Result};
+use crate::{checkpoint, Array, Result};
 
 /// One pre-norm transformer block.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PreNormBlock {
     /// Self-attention.
     pub attn: Attention,
@@ -61,6 +64,10 @@ pub struct Decoder {
     pub norm: RmsNorm,
     /// Separate output layer, `None` when tied to the embedding.
     pub lm_head: Option<Linear>,
+    /// When set, uncached forward passes (training) run each block under
+    /// MLX's gradient checkpoint with the parameters named here as its
+    /// inputs.
+    pub checkpoint: Option<BTreeSet<String>>,
 }
 
 impl Decoder {
@@ -108,6 +115,7 @@ impl Decoder {
             blocks,
             norm,
             lm_head,
+            checkpoint: None,
         })
     }
 
@@ -116,8 +124,12 @@ impl Decoder {
         let mut h = self.embed.forward(tokens)?;
         let n = tokens.dim(1)?;
         let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, n)?;
-        for ((b, cache), mask) in self.blocks.iter().zip(caches.iter_mut()).zip(&masks) {
-            h = b.forward(&h, mask, cache)?;
+        let blocks = self.blocks.iter().zip(caches.iter_mut()).zip(&masks);
+        for (i, ((b, cache), mask)) in blocks.enumerate() {
+            h = match &self.checkpoint {
+                Some(names) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
+                _ => b.forward(&h, mask, cache)?,
+            };
         }
         self.norm.forward(&h)
     }
@@ -134,6 +146,40 @@ impl Decoder {
     pub fn make_caches(&self) -> Vec<KvCache> {
         caches_for(self.blocks.iter().map(|b| b.window))
     }
+}
+
+/// Block `i` applied to `h` under MLX's gradient checkpoint: the block's
+/// parameters that `names` lists are inputs of the checkpointed function
+/// (so their gradients flow), everything else is a constant of it.
+fn checkpointed(
+    b: &PreNormBlock,
+    i: usize,
+    h: &Array,
+    mask: &Mask,
+    names: &BTreeSet<String>,
+) -> Result<Array> {
+    let prefix = format!("model.layers.{i}");
+    let mut block = b.clone();
+    let (keys, values): (Vec<String>, Vec<Array>) =
+        params::named_where(&mut block, &prefix, &|n| names.contains(n))?
+            .into_iter()
+            .unzip();
+    let rows = vec![0; h.dim(0)?.max(0) as usize];
+    let mask = mask.clone();
+    let f = move |x: &[Array]| -> Result<Vec<Array>> {
+        let mut block = block.clone();
+        let values: BTreeMap<String, Array> =
+            keys.iter().cloned().zip(x[1..].iter().cloned()).collect();
+        params::update(&mut block, &prefix, &values)?;
+        let mut cache = KvCache::batch_transient(&rows, block.window);
+        Ok(vec![block.forward(&x[0], &mask, &mut cache)?])
+    };
+    let mut inputs = vec![h.clone()];
+    inputs.extend(values);
+    let out = checkpoint(f)?.apply(&inputs)?;
+    out.into_iter()
+        .next()
+        .ok_or_else(|| crate::Error::Closure("a checkpointed block returned nothing".into()))
 }
 
 /// Fresh caches for layers with these windows.
@@ -171,6 +217,33 @@ pub fn window_masks(
     Ok(out)
 }
 
+impl Module for PreNormBlock {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        self.attn.visit(&join(prefix, "self_attn"), v)?;
+        self.mlp.visit(&join(prefix, "mlp"), v)?;
+        self.input_norm.visit(&join(prefix, "input_layernorm"), v)?;
+        self.post_attn_norm
+            .visit(&join(prefix, "post_attention_layernorm"), v)
+    }
+}
+
+impl Module for Decoder {
+    /// Names as mlx_lm's: `model.embed_tokens`, `model.layers.N`,
+    /// `model.norm`, `lm_head` (under `prefix`, normally empty).
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        let model = join(prefix, "model");
+        self.embed.visit(&join(&model, "embed_tokens"), v)?;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            b.visit(&format!("{model}.layers.{i}"), v)?;
+        }
+        self.norm.visit(&join(&model, "norm"), v)?;
+        if let Some(head) = &mut self.lm_head {
+            head.visit(&join(prefix, "lm_head"), v)?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::llm::models::Architecture for Decoder {
     fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         Decoder::hidden(self, tokens, caches)
@@ -186,5 +259,14 @@ impl crate::llm::models::Architecture for Decoder {
 
     fn num_layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    fn module(&mut self) -> &mut dyn Module {
+        self
+    }
+
+    fn set_checkpoint(&mut self, names: Option<BTreeSet<String>>) -> Result<()> {
+        self.checkpoint = names;
+        Ok(())
     }
 }

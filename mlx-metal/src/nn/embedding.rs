@@ -1,5 +1,6 @@
 //! Token embeddings, dense or quantised, usable as a tied output layer.
 
+use crate::nn::params::{join, Module, Visitor};
 use crate::{Array, QuantizedWeight, Result};
 
 /// A `[vocab, dim]` embedding table.
@@ -45,6 +46,22 @@ impl Embedding {
         match self {
             Embedding::Dense(w) => w.dtype(),
             Embedding::Quantized(q) => q.scales.dtype(),
+        }
+    }
+}
+
+impl Module for Embedding {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        if v.embedding(prefix, self)? {
+            return Ok(());
+        }
+        match self {
+            Embedding::Dense(w) => v.array(&join(prefix, "weight"), w),
+            Embedding::Quantized(q) => {
+                v.array(&join(prefix, "weight"), &mut q.weight)?;
+                v.array(&join(prefix, "scales"), &mut q.scales)?;
+                v.array(&join(prefix, "biases"), &mut q.biases)
+            }
         }
     }
 }

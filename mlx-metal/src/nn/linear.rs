@@ -2,7 +2,9 @@
 
 use std::sync::OnceLock;
 
-use crate::{Array, Device, DeviceType, Dtype, QuantizedWeight, Result};
+use crate::nn::lora::LoraLinear;
+use crate::nn::params::{join, Module, Visitor};
+use crate::{Array, Device, DeviceType, Dtype, Error, QuantizedWeight, Result};
 
 /// True when MLX computes on the CPU by default (asked once).
 fn on_cpu() -> bool {
@@ -61,6 +63,8 @@ pub enum Linear {
         /// `[out]`.
         bias: Option<Array>,
     },
+    /// A base layer with a low-rank adapter (LoRA / DoRA).
+    Lora(Box<LoraLinear>),
 }
 
 impl Linear {
@@ -87,6 +91,64 @@ impl Linear {
                     None => Ok(y),
                 }
             }
+            Linear::Lora(l) => l.forward(x),
         }
+    }
+
+    /// `(out, in)` feature counts.
+    pub fn dims(&self) -> Result<(i32, i32)> {
+        match self {
+            Linear::Dense { weight, .. } => Ok((weight.dim(0)?, weight.dim(1)?)),
+            Linear::Quantized { weight, .. } => Ok((
+                weight.weight.dim(0)?,
+                weight.weight.dim(1)? * 32 / weight.bits,
+            )),
+            Linear::Lora(l) => l.base.dims(),
+        }
+    }
+
+    /// The weight as a dense `[out, in]` matrix (dequantised if needed).
+    pub fn dense_weight(&self) -> Result<Array> {
+        match self {
+            Linear::Dense { weight, .. } => Ok(weight.clone()),
+            Linear::Quantized { weight, .. } => weight.dequantize(),
+            Linear::Lora(_) => Err(Error::InvalidArgument(
+                "a LoRA layer has no single weight; fuse it first".into(),
+            )),
+        }
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Array> {
+        match self {
+            Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref(),
+            Linear::Lora(l) => l.base.bias(),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        if v.linear(prefix, self)? {
+            return Ok(());
+        }
+        match self {
+            Linear::Dense { weight, bias } => {
+                v.array(&join(prefix, "weight"), weight)?;
+                if let Some(b) = bias {
+                    v.array(&join(prefix, "bias"), b)?;
+                }
+            }
+            Linear::Quantized { weight, bias } => {
+                v.array(&join(prefix, "weight"), &mut weight.weight)?;
+                v.array(&join(prefix, "scales"), &mut weight.scales)?;
+                v.array(&join(prefix, "biases"), &mut weight.biases)?;
+                if let Some(b) = bias {
+                    v.array(&join(prefix, "bias"), b)?;
+                }
+            }
+            Linear::Lora(l) => l.visit(prefix, v)?,
+        }
+        Ok(())
     }
 }

@@ -3,17 +3,18 @@
 
 use crate::llm::weights::Weights;
 use crate::nn::activation::{gated, Activation};
+use crate::nn::params::{join, Module, Visitor};
 use crate::nn::Linear;
 use crate::{Array, Error, Result};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum GateUp {
     Separate { gate: Linear, up: Linear },
     Fused(Linear),
 }
 
 /// A gated MLP.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mlp {
     gate_up: GateUp,
     down_proj: Linear,
@@ -77,5 +78,18 @@ impl Mlp {
             }
         };
         self.down_proj.forward(&h)
+    }
+}
+
+impl Module for Mlp {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        match &mut self.gate_up {
+            GateUp::Separate { gate, up } => {
+                gate.visit(&join(prefix, "gate_proj"), v)?;
+                up.visit(&join(prefix, "up_proj"), v)?;
+            }
+            GateUp::Fused(gate_up) => gate_up.visit(&join(prefix, "gate_up_proj"), v)?,
+        }
+        self.down_proj.visit(&join(prefix, "down_proj"), v)
     }
 }

@@ -9,14 +9,18 @@ pub mod cache;
 mod decoder;
 mod embedding;
 mod linear;
+pub mod lora;
 mod mlp;
 mod norm;
+pub mod params;
 mod rope;
 
 pub use attention::{Attention, AttentionConfig, Heads, QkNorm, QkvLayout};
 pub use decoder::{caches_for, window_masks, Decoder, DecoderShape, PreNormBlock};
 pub use embedding::Embedding;
 pub use linear::Linear;
+pub use lora::{LoraLinear, LoraParams};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
+pub use params::{Module, Trainable, Visitor};
 pub use rope::{Positions, Rope};

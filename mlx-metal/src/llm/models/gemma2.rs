@@ -134,4 +134,14 @@ impl Architecture for Gemma2 {
     fn num_layers(&self) -> usize {
         self.blocks.blocks.len()
     }
+
+    fn module(&mut self) -> &mut dyn crate::nn::Module {
+        self
+    }
+}
+
+impl crate::nn::Module for Gemma2 {
+    fn visit(&mut self, prefix: &str, v: &mut dyn crate::nn::Visitor) -> Result<()> {
+        self.blocks.visit(prefix, v)
+    }
 }

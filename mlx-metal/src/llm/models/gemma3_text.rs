@@ -12,6 +12,7 @@ use crate::llm::config::Config;
 use crate::llm::weights::Weights;
 use crate::nn::activation::Activation;
 use crate::nn::cache::KvCache;
+use crate::nn::params::{join, Module, Visitor};
 use crate::nn::{
     caches_for, window_masks, Attention, AttentionConfig, Embedding, Heads, Linear, Mlp, QkNorm,
     QkvLayout, RmsNorm, Rope,
@@ -280,5 +281,33 @@ impl Architecture for Gemma3Text {
 
     fn num_layers(&self) -> usize {
         self.blocks.blocks.len()
+    }
+
+    fn module(&mut self) -> &mut dyn crate::nn::Module {
+        self
+    }
+}
+
+impl Module for GemmaBlocks {
+    /// Names as mlx_lm's (`model.embed_tokens`, `model.layers.N`, ...).
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        let model = join(prefix, "model");
+        self.embed.visit(&join(&model, "embed_tokens"), v)?;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("{model}.layers.{i}");
+            b.attn.visit(&join(&p, "self_attn"), v)?;
+            b.mlp.visit(&join(&p, "mlp"), v)?;
+        }
+        Ok(())
+    }
+}
+
+impl Module for Gemma3Text {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        self.blocks.visit(prefix, v)?;
+        if let Some(head) = &mut self.lm_head {
+            head.visit(&join(prefix, "lm_head"), v)?;
+        }
+        Ok(())
     }
 }

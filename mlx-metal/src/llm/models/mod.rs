@@ -17,6 +17,7 @@ use crate::llm::config::Config;
 use crate::llm::dtype::DtypeChoice;
 use crate::llm::weights::Weights;
 use crate::nn::cache::KvCache;
+use crate::nn::Module;
 use crate::{Array, Error, Result};
 
 /// A decoder-only language model. The same code runs one sequence or a
@@ -48,6 +49,34 @@ pub trait Architecture: Send {
 
     /// Number of transformer blocks.
     fn num_layers(&self) -> usize;
+
+    /// The parameter tree, named as mlx_lm names it
+    /// (`model.layers.N.self_attn.q_proj.weight`, ...).
+    fn module(&mut self) -> &mut dyn Module;
+
+    /// Runs every block of uncached (training) passes under MLX's gradient
+    /// checkpoint, with the parameters `names` lists as its inputs; `None`
+    /// turns it off. Families that do not support it refuse.
+    fn set_checkpoint(&mut self, names: Option<std::collections::BTreeSet<String>>) -> Result<()> {
+        match names {
+            None => Ok(()),
+            Some(_) => Err(Error::InvalidArgument(
+                "gradient checkpointing is not supported for this architecture".into(),
+            )),
+        }
+    }
+
+    /// Logits `[B, L, vocab]` of whole sequences `[B, L]` with no cache
+    /// kept (training and evaluation): causal attention over each row.
+    fn forward_uncached(&self, tokens: &Array) -> Result<Array> {
+        let rows = vec![0; tokens.dim(0)?.max(0) as usize];
+        let mut caches: Vec<KvCache> = self
+            .make_caches()
+            .iter()
+            .map(|c| KvCache::batch_transient(&rows, c.window()))
+            .collect();
+        self.forward(tokens, &mut caches)
+    }
 }
 
 /// Builds a family's model from its config and weights.
