@@ -53,7 +53,9 @@ fn greedy_raw_and_chat_answers_equal_mlx_lm_on_every_fixture() {
                 dir.display()
             );
             assert_eq!(m.generated_tokens, got.len());
-            assert!(m.prompt_tps > 0.0 && m.peak_memory_bytes > 0, "{m:?}");
+            // (peak memory is process-wide and other tests of this binary
+            // reset it while they run: `generation_memory.rs` checks it alone)
+            assert!(m.prompt_tps > 0.0, "{m:?}");
         }
         let p = model
             .chat_prompt(&messages(&r["chat"]["messages"]))
