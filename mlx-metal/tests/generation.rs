@@ -54,7 +54,8 @@ fn greedy_raw_and_chat_answers_equal_mlx_lm_on_every_fixture() {
             );
             assert_eq!(m.generated_tokens, got.len());
             // (peak memory is process-wide and other tests of this binary
-            // reset it while they run: `generation_memory.rs` checks it alone)
+            // reset it while they run; `cli/tests/generate.rs` checks the
+            // figure in a process of its own)
             assert!(m.prompt_tps > 0.0, "{m:?}");
         }
         let p = model
