@@ -291,10 +291,13 @@ impl Weights {
         inp: i32,
     ) -> Result<QuantizedWeight> {
         if inp % q.group_size != 0 || (inp * q.bits) % 32 != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "`{prefix}`: input width {inp} does not fit group size {} and {} bits",
-                q.group_size, q.bits
-            )));
+            return Err(Error::File {
+                path: self.config.path.clone(),
+                message: format!(
+                    "`{prefix}`: input width {inp} (from the sizes in this file) does not fit quantisation group size {} with {} bits",
+                    q.group_size, q.bits
+                ),
+            });
         }
         let groups = inp / q.group_size;
         Ok(QuantizedWeight {
