@@ -114,15 +114,16 @@ fn greedy_on(backend: &str, model: &Path, adapter: Option<&Path>) -> Vec<u64> {
         .collect()
 }
 
-/// Greedy ids of mlx_lm with the adapter loaded by `mlx_lm.load`.
-fn mlx_lm_greedy(model: &Path, adapter: &Path) -> Vec<u64> {
+/// Greedy ids of mlx_lm on `model`, with `adapter` (if any) loaded by
+/// `mlx_lm.load`.
+fn mlx_lm_greedy(model: &Path, adapter: Option<&Path>) -> Vec<u64> {
     let script = r#"
 import json, sys
 import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import generate_step
-model, tok = load(sys.argv[1], adapter_path=sys.argv[2])
-prompt = tok.encode(sys.argv[3])
+model, tok = load(sys.argv[1], adapter_path=sys.argv[3] if len(sys.argv) > 3 else None)
+prompt = tok.encode(sys.argv[2])
 ids = []
 for token, _ in generate_step(mx.array(prompt), model, max_tokens=12, sampler=lambda x: mx.argmax(x, axis=-1)):
     token = int(token)
@@ -134,8 +135,8 @@ print(json.dumps(ids))
     let out = Command::new(python())
         .args(["-c", script])
         .arg(model)
-        .arg(adapter)
         .arg(PROMPT)
+        .args(adapter)
         .output()
         .unwrap();
     assert!(
@@ -203,7 +204,7 @@ fn an_adapter_trained_here_gives_mlx_lm_the_same_greedy_ids() {
         assert_eq!(config["lora_parameters"]["scale"], 20.0);
 
         let ours = our_greedy(&model, Some(&adapter));
-        let theirs = mlx_lm_greedy(&model, &adapter);
+        let theirs = mlx_lm_greedy(&model, Some(&adapter));
         assert_eq!(ours, theirs, "{fixture}: greedy ids with the adapter");
         assert_eq!(
             greedy_on("mlxlm", &model, Some(&adapter)),
@@ -245,7 +246,7 @@ fn an_adapter_trained_by_mlx_lm_gives_the_same_greedy_ids_here() {
         let ours = our_greedy(&model, Some(&adapter));
         assert_eq!(
             ours,
-            mlx_lm_greedy(&model, &adapter),
+            mlx_lm_greedy(&model, Some(&adapter)),
             "{fixture}: greedy ids"
         );
         assert_ne!(
@@ -479,37 +480,6 @@ fn ctrl_c_saves_the_adapter_and_exits_130() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Greedy ids of mlx_lm on a model directory (no adapter).
-fn mlx_lm_greedy_plain(model: &Path) -> Vec<u64> {
-    let script = r#"
-import json, sys
-import mlx.core as mx
-from mlx_lm import load
-from mlx_lm.generate import generate_step
-model, tok = load(sys.argv[1])
-prompt = tok.encode(sys.argv[2])
-ids = []
-for token, _ in generate_step(mx.array(prompt), model, max_tokens=12, sampler=lambda x: mx.argmax(x, axis=-1)):
-    token = int(token)
-    if token in tok.eos_token_ids:
-        break
-    ids.append(token)
-print(json.dumps(ids))
-"#;
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(model)
-        .arg(PROMPT)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mlx_lm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Max |a - b| over the tensors two model directories share (float ones,
 /// dequantised by mlx), and the names only one has.
 fn compare_weights(a: &Path, b: &Path) -> (f64, Vec<String>) {
@@ -589,15 +559,15 @@ fn fuse_matches_mlx_lm_fuse() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let with_adapter = mlx_lm_greedy(&model, &adapter);
+        let with_adapter = mlx_lm_greedy(&model, Some(&adapter));
         assert_eq!(
-            mlx_lm_greedy_plain(&ours),
+            mlx_lm_greedy(&ours, None),
             with_adapter,
             "{fixture}: mlx_lm on our fused model"
         );
         assert_eq!(
             our_greedy(&ours, None),
-            mlx_lm_greedy_plain(&theirs),
+            mlx_lm_greedy(&theirs, None),
             "{fixture}: ours vs mlx_lm's fused"
         );
         let config: Value =

@@ -303,15 +303,21 @@ impl Generation<'_> {
         m.peak_memory_bytes = num("peak_memory_bytes") as u64;
     }
 
+    /// Records the final message of a generation that ended before the
+    /// bridge's own end: the count is of the tokens handed to the stream.
+    fn end_early(&mut self, done: &Value, reason: StopReason) {
+        self.record(done);
+        self.model.metrics.generated_tokens = self.delivered;
+        self.reason = Some(reason);
+    }
+
     /// Asks the bridge to stop and reads up to its final message.
     fn stop_early(&mut self, reason: StopReason) -> Result<()> {
         self.model.bridge.send(&json!({"op": "cancel"}))?;
         loop {
             let msg = self.model.bridge.recv()?;
             if msg.get("done").is_some() {
-                self.record(&msg);
-                self.model.metrics.generated_tokens = self.delivered;
-                self.reason = Some(reason);
+                self.end_early(&msg, reason);
                 return Ok(());
             }
         }
@@ -332,9 +338,7 @@ impl Generation<'_> {
         };
         if self.cancel_sent {
             if msg.get("done").is_some() {
-                self.record(&msg);
-                self.model.metrics.generated_tokens = self.delivered;
-                self.reason = Some(StopReason::Cancelled);
+                self.end_early(&msg, StopReason::Cancelled);
             }
             return Ok(());
         }

@@ -12,7 +12,7 @@ use inference::{
     StopReason, StopStrings, Token, TokenScore,
 };
 
-use crate::llm::generate::{sampler_settings, PREFILL_STEP};
+use crate::llm::generate::{finite_witness, sampler_settings, PREFILL_STEP};
 use crate::llm::models::Architecture;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
@@ -391,7 +391,7 @@ impl<'m> BatchGeneration<'m> {
             (0..free).map_while(|_| self.waiting.pop_front()).collect();
         let prompts: Vec<&[u32]> = group.iter().map(|(_, p)| p.as_slice()).collect();
         let (batch, logits) = Batch::prefill(self.model, &prompts, PREFILL_STEP)?;
-        let first_check = row_witness(&logits)?;
+        let first_check = finite_witness(&logits, &[-1])?;
         let first = self.sampler.sample(logits, None)?;
         // Tokens already sampled for the running rows come first.
         let next = match self.next.take() {
@@ -505,7 +505,7 @@ impl<'m> BatchGeneration<'m> {
         if let Some(b) = &mut self.batch {
             let input = Array::from_vec(&kept_tokens)?;
             let logits = b.step(&input)?;
-            let check = row_witness(&logits)?;
+            let check = finite_witness(&logits, &[-1])?;
             let next = self.sampler.sample(logits, None)?;
             let mut state = b.state();
             state.push(&next);
@@ -539,10 +539,4 @@ impl<'m> BatchGeneration<'m> {
             }
         }
     }
-}
-
-/// Per row of `logits` (`[B, vocab]`), their sum in float32: finite exactly
-/// when the row's logits all are (see `generate::finite_witness`).
-fn row_witness(logits: &Array) -> Result<Array> {
-    logits.astype(crate::Dtype::Float32)?.sum(&[-1], false)
 }

@@ -60,7 +60,7 @@ impl Stepper<'_> {
         let l = logits.dim(1)?;
         let last = logits.slice_axis(1, l - 1, l)?.squeeze(&[1])?;
         self.remember(input)?;
-        let check = finite_witness(&last)?;
+        let check = finite_witness(&last, &[])?;
         Ok(Sampled {
             token: self.sampler.sample(last, self.history.as_ref())?,
             check,
@@ -93,11 +93,12 @@ impl Sampled {
     }
 }
 
-/// The sum of `logits` in float32: finite exactly when every logit is
-/// (a NaN or an infinity anywhere makes it NaN or infinite; real logits are
-/// far too small to overflow it). One reduction, computed with the token.
-pub(crate) fn finite_witness(logits: &Array) -> Result<Array> {
-    logits.astype(Dtype::Float32)?.sum(&[], false)
+/// The sum of `logits` over `axes` (all when empty) in float32: finite
+/// exactly when every logit summed is (a NaN or an infinity anywhere makes
+/// it NaN or infinite; real logits are far too small to overflow it). One
+/// reduction, computed with the token.
+pub(crate) fn finite_witness(logits: &Array, axes: &[i32]) -> Result<Array> {
+    logits.astype(Dtype::Float32)?.sum(axes, false)
 }
 
 /// Prompt tokens per prefill chunk when the generation can be cancelled:
