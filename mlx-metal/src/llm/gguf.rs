@@ -639,17 +639,7 @@ pub fn convert(gguf: &Path, out: &Path) -> Result<()> {
 /// [`convert`], with every weight in `dtype` when given: quantised tensors
 /// are dequantised and the `quantization` block dropped, float tensors cast.
 pub fn convert_to(gguf: &Path, out: &Path, dtype: Option<Dtype>) -> Result<()> {
-    let occupied = std::fs::read_dir(out).map(|mut d| d.next().is_some());
-    match occupied {
-        Ok(true) => {
-            return Err(bad(
-                out,
-                "already exists and is not empty; choose a new output directory",
-            ))
-        }
-        Err(_) if out.exists() => return Err(bad(out, "exists and is not a directory")),
-        _ => {}
-    }
+    super::check_new_output_dir(out)?;
     let mut model = load(gguf)?;
     if let Some(dtype) = dtype {
         dense(&mut model, dtype)?;

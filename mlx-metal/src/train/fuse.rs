@@ -98,16 +98,7 @@ pub fn write_model_dir(
             "fusing reads a model directory (convert a GGUF file first with `mlx-infer convert`)",
         ));
     }
-    match std::fs::read_dir(out).map(|mut d| d.next().is_some()) {
-        Ok(true) => {
-            return Err(bad(
-                out,
-                "already exists and is not empty; choose a new output directory",
-            ))
-        }
-        Err(_) if out.exists() => return Err(bad(out, "exists and is not a directory")),
-        _ => {}
-    }
+    crate::llm::check_new_output_dir(out)?;
     let current = params::named(arch.module(), "")?;
     let mut tensors: BTreeMap<String, Array> = BTreeMap::new();
     for entry in std::fs::read_dir(base).map_err(|e| bad(base, e.to_string()))? {
