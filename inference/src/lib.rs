@@ -34,6 +34,7 @@ mod backend;
 mod batch;
 mod config_check;
 pub mod discover;
+mod engine;
 mod error;
 pub mod gguf;
 mod message;
@@ -50,6 +51,9 @@ pub use batch::{
     TokenScore,
 };
 pub use config_check::check_config;
+pub use engine::{
+    Engine, EngineEvent, EngineOptions, EngineRequest, RequestId, TokenLogprobs, MAX_TOP_LOGPROBS,
+};
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};

@@ -165,6 +165,23 @@ pub trait TextModel: Send {
         BatchStream::new(events.into_iter())
     }
 
+    /// A continuous-batching engine over this model, for servers: requests
+    /// join and leave the running batch between steps (see
+    /// [`Engine`](crate::Engine)). Backends that cannot batch answer
+    /// [`Unsupported`](crate::Error::Unsupported); callers then serve one
+    /// request at a time with [`generate`](Self::generate) and
+    /// [`chat`](Self::chat).
+    fn engine<'a>(
+        &'a mut self,
+        opts: &crate::EngineOptions,
+    ) -> crate::Result<Box<dyn crate::Engine + 'a>> {
+        let _ = opts;
+        Err(crate::Error::Unsupported(format!(
+            "the {} backend has no batching engine",
+            self.info().backend
+        )))
+    }
+
     /// Figures from the most recent generation.
     fn metrics(&self) -> Metrics;
 
