@@ -381,6 +381,7 @@ mod native {
             grad_accumulation_steps: args.grad_accumulation_steps,
             clip_grad_norm: args.clip_grad_norm,
             seed: args.seed,
+            compile: true,
         };
         let outcome = trainer::train(
             arch,

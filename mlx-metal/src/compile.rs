@@ -6,6 +6,7 @@ use mlx_metal_sys as sys;
 
 use crate::closure::{tracing, Body, Closure};
 use crate::status::call;
+use crate::transforms::{ArrayFn, Scoped};
 use crate::{Array, Result};
 
 /// A closure compiled by MLX. Calling it with inputs of the shapes it was
@@ -40,6 +41,41 @@ where
     // SAFETY: `traced.raw` is valid; `compiled.raw` is owned by `compiled`.
     call(|| unsafe { sys::mlx_compile(&mut compiled.raw, traced.raw, shapeless) })?;
     Ok(Compiled { compiled, body })
+}
+
+/// Compiles `f`, which may borrow from its surroundings (a model), and
+/// runs `body` with the compiled function; `f` is traced again whenever
+/// the inputs' shapes change. The compiled function lives only as long as
+/// `body` runs: MLX's trace cache entry goes with it.
+///
+/// ```
+/// use mlx_metal::{with_compiled, Array};
+///
+/// let k = Array::from_vec(&[10.0f32])?;
+/// let f = |x: &[Array]| Ok(vec![x[0].multiply(&k)?]);
+/// let y = with_compiled(&f, false, |c| c.call(&[Array::from_vec(&[1.0f32, 2.0])?]))??;
+/// assert_eq!(y[0].to_vec::<f32>()?, vec![10.0, 20.0]);
+/// # Ok::<(), mlx_metal::Error>(())
+/// ```
+pub fn with_compiled<R>(
+    f: &ArrayFn<'_>,
+    shapeless: bool,
+    body: impl FnOnce(&Compiled) -> R,
+) -> Result<R> {
+    let (guard, scoped) = Scoped::new(f);
+    let traced = Closure::new(scoped.clone(), true);
+    let mut compiled = Closure::empty();
+    // SAFETY: `traced.raw` is valid; `compiled.raw` is owned by `compiled`.
+    call(|| unsafe { sys::mlx_compile(&mut compiled.raw, traced.raw, shapeless) })?;
+    let compiled = Compiled {
+        compiled,
+        body: scoped,
+    };
+    let out = body(&compiled);
+    drop(compiled);
+    drop(traced);
+    drop(guard);
+    Ok(out)
 }
 
 impl Compiled {

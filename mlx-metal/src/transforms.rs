@@ -131,12 +131,12 @@ pub type ArrayFn<'a> = dyn Fn(&[Array]) -> Result<Vec<Array>> + 'a;
 /// Calls `f` through MLX while `f` is alive: MLX gets a `'static` closure
 /// that reaches `f` through a slot this guard empties when the scope ends,
 /// so a call after the scope gets an error, never a dangling reference.
-struct Scoped {
+pub(crate) struct Scoped {
     slot: Rc<std::cell::Cell<Option<*const ArrayFn<'static>>>>,
 }
 
 impl Scoped {
-    fn new(f: &ArrayFn<'_>) -> (Scoped, Rc<Body>) {
+    pub(crate) fn new(f: &ArrayFn<'_>) -> (Scoped, Rc<Body>) {
         let ptr: *const ArrayFn<'_> = f;
         // SAFETY: only the lifetime bound of the trait object changes; the
         // pointer is dereferenced only while the slot holds it, and `Scoped`'s

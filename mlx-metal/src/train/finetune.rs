@@ -221,6 +221,28 @@ impl Visitor for SetTraining {
     }
 }
 
+struct FindDropout(bool);
+
+impl Visitor for FindDropout {
+    fn array(&mut self, _: &str, _: &mut Array) -> Result<()> {
+        Ok(())
+    }
+
+    fn linear(&mut self, _: &str, layer: &mut Linear) -> Result<bool> {
+        if let Linear::Lora(l) = layer {
+            self.0 |= l.dropout > 0.0;
+        }
+        Ok(false)
+    }
+}
+
+/// Whether any adapter of `arch` has dropout (a random mask per step).
+pub fn uses_dropout(arch: &mut dyn Architecture) -> Result<bool> {
+    let mut find = FindDropout(false);
+    arch.module().visit("", &mut find)?;
+    Ok(find.0)
+}
+
 /// Turns adapter dropout on (training) or off (evaluation, generation).
 pub fn set_training(arch: &mut dyn Architecture, training: bool) -> Result<()> {
     arch.module().visit("", &mut SetTraining(training))

@@ -79,8 +79,29 @@ pub fn loss_and_grads(
     }
     let names: Vec<String> = originals.keys().cloned().collect();
     let inputs: Vec<Array> = originals.values().cloned().collect();
-    let argnums: Vec<i32> = (0..inputs.len() as i32).collect();
-    let cell = RefCell::new(arch);
+    let result = loss_and_grads_at(arch, &names, &inputs, batch, lengths);
+    params::update(arch.module(), "", &originals)?;
+    let (loss, ntoks, grads) = result?;
+    Ok(Step {
+        loss,
+        ntoks,
+        grads: names.into_iter().zip(grads).collect(),
+    })
+}
+
+/// `(loss, ntoks, grads)` of `batch` with the parameters `names` set to
+/// `values` (the gradients in the same order). Leaves those parameters
+/// set to `values`. The one loss-and-gradient computation of the eager and
+/// the compiled training step.
+pub fn loss_and_grads_at(
+    arch: &mut dyn Architecture,
+    names: &[String],
+    values: &[Array],
+    batch: &Array,
+    lengths: &Array,
+) -> Result<(Array, Array, Vec<Array>)> {
+    let argnums: Vec<i32> = (0..values.len() as i32).collect();
+    let cell = RefCell::new(&mut *arch);
     let f = |x: &[Array]| -> Result<Vec<Array>> {
         let mut arch = cell.borrow_mut();
         let values: BTreeMap<String, Array> =
@@ -89,18 +110,16 @@ pub fn loss_and_grads(
         let (loss, ntoks) = default_loss(&**arch, batch, lengths)?;
         Ok(vec![loss, ntoks])
     };
-    let result = value_and_grad_of(&f, &inputs, &argnums);
+    let result = value_and_grad_of(&f, values, &argnums);
     let arch = cell.into_inner();
-    params::update(arch.module(), "", &originals)?;
-    let (values, grads) = result?;
-    let [loss, ntoks]: [Array; 2] = values
+    let restore: BTreeMap<String, Array> =
+        names.iter().cloned().zip(values.iter().cloned()).collect();
+    params::update(arch.module(), "", &restore)?;
+    let (outputs, grads) = result?;
+    let [loss, ntoks]: [Array; 2] = outputs
         .try_into()
         .map_err(|_| Error::Mlx("the loss function returned the wrong number of outputs".into()))?;
-    Ok(Step {
-        loss,
-        ntoks,
-        grads: names.into_iter().zip(grads).collect(),
-    })
+    Ok((loss, ntoks, grads))
 }
 
 /// Mean loss and token count of `batch` without gradients.

@@ -8,6 +8,8 @@
 //!   [`schedule`] the learning-rate schedules;
 //! - [`data`] reads `train.jsonl` / `valid.jsonl` / `test.jsonl` and builds
 //!   padded batches;
+//! - [`step`] is one whole update (loss, gradients, clipping, optimiser)
+//!   as a function of arrays, which the loop compiles;
 //! - [`trainer`] runs the loop (reports, validation, saving, stopping);
 //! - [`adapter`] saves and loads `adapters.safetensors` +
 //!   `adapter_config.json`, [`fuse`] merges an adapter into the weights.
@@ -36,4 +38,5 @@ pub mod fuse;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod step;
 pub mod trainer;

@@ -129,122 +129,181 @@ impl Optimizer {
         grads: &BTreeMap<String, Array>,
         params: &BTreeMap<String, Array>,
     ) -> Result<BTreeMap<String, Array>> {
-        let lr = self.schedule.at(self.step);
-        self.step += 1;
-        let t = self.step;
+        let factors = self.next_factors().to_arrays();
         let mut out = BTreeMap::new();
         for (name, g) in grads {
             let w = params.get(name).ok_or_else(|| {
                 Error::InvalidArgument(format!("gradient for unknown parameter `{name}`"))
             })?;
-            let new = match self.rule {
-                Rule::Sgd {
-                    momentum,
-                    weight_decay,
-                    dampening,
-                    nesterov,
-                } => {
-                    self.sgd_single(name, g, w, lr, momentum, weight_decay, dampening, nesterov)?
-                }
-                Rule::Adam {
-                    betas,
-                    eps,
-                    weight_decay,
-                    bias_correction,
-                } => {
-                    let w = if weight_decay != 0.0 {
-                        w.mul_scalar(1.0 - lr * weight_decay)?
-                    } else {
-                        w.clone()
-                    };
-                    self.adam_single(name, g, &w, lr, betas, eps, bias_correction, t)?
-                }
-            };
+            self.ensure_state(name, w)?;
+            let state = self.state.get(name).expect("made above");
+            let (new, state) = update_one(&self.rule, g, w, state, &factors)?;
+            self.state.insert(name.clone(), state);
             out.insert(name.clone(), new);
         }
         Ok(out)
     }
 
-    fn moments(&mut self, name: &str, g: &Array, n: usize) -> Result<&mut Vec<Array>> {
+    /// The step-dependent factors of the next update ([`update_one`]'s
+    /// `factors`: learning rate, bias corrections, weight-decay factor) as
+    /// float32 scalars. Advances the step.
+    pub fn next_factors(&mut self) -> Factors {
+        let lr = self.schedule.at(self.step);
+        self.step += 1;
+        let t = self.step.min(i32::MAX as u64) as i32;
+        let (c1, c2, decay) = match self.rule {
+            Rule::Adam {
+                betas: (b1, b2),
+                weight_decay,
+                ..
+            } => (
+                lr / (1.0 - b1.powi(t)),
+                1.0 / (1.0 - b2.powi(t)).sqrt(),
+                1.0 - lr * weight_decay,
+            ),
+            Rule::Sgd { .. } => (lr, 1.0, 1.0),
+        };
+        Factors { lr, c1, c2, decay }
+    }
+
+    /// How many state arrays each parameter has under this rule.
+    pub fn state_len(&self) -> usize {
+        match self.rule {
+            Rule::Adam { .. } => 2,
+            Rule::Sgd { momentum, .. } if momentum > 0.0 => 1,
+            Rule::Sgd { .. } => 0,
+        }
+    }
+
+    /// Creates the zero state of `name` (shaped and typed as `w`) unless it
+    /// exists.
+    pub fn ensure_state(&mut self, name: &str, w: &Array) -> Result<()> {
         if !self.state.contains_key(name) {
-            let zeros = (0..n)
-                .map(|_| Array::zeros(&g.shape(), g.dtype()))
+            let zeros = (0..self.state_len())
+                .map(|_| Array::zeros(&w.shape(), w.dtype()))
                 .collect::<Result<Vec<_>>>()?;
             self.state.insert(name.to_string(), zeros);
         }
-        Ok(self.state.get_mut(name).expect("inserted above"))
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn sgd_single(
-        &mut self,
-        name: &str,
-        g: &Array,
-        w: &Array,
-        lr: f32,
-        momentum: f32,
-        weight_decay: f32,
-        dampening: f32,
-        nesterov: bool,
-    ) -> Result<Array> {
-        let mut g = g.clone();
-        if weight_decay != 0.0 {
-            g = g.add(&w.mul_scalar(weight_decay)?)?;
-        }
-        if momentum <= 0.0 {
-            return w.subtract(&g.mul_scalar(lr)?);
-        }
-        let state = self.moments(name, &g, 1)?;
-        let mut v = state[0].mul_scalar(momentum)?;
-        v = if dampening > 0.0 {
-            v.add(&g.mul_scalar(1.0 - dampening)?)?
-        } else {
-            v.add(&g)?
-        };
-        let update = if nesterov {
-            g.add(&v.mul_scalar(momentum)?)?
-        } else {
-            v.clone()
-        };
-        state[0] = v;
-        w.subtract(&update.mul_scalar(lr)?)
+    /// The state of `name` (empty when it has none yet).
+    pub fn state_of(&self, name: &str) -> &[Array] {
+        self.state.get(name).map_or(&[], Vec::as_slice)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn adam_single(
-        &mut self,
-        name: &str,
-        g: &Array,
-        w: &Array,
-        lr: f32,
-        (b1, b2): (f32, f32),
-        eps: f32,
-        bias_correction: bool,
-        t: u64,
-    ) -> Result<Array> {
-        let state = self.moments(name, g, 2)?;
-        let m = state[0].mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?;
-        let v = state[1]
-            .mul_scalar(b2)?
-            .add(&g.square()?.mul_scalar(1.0 - b2)?)?;
-        state[0] = m.clone();
-        state[1] = v.clone();
-        if bias_correction {
-            let t = t.min(i32::MAX as u64) as i32;
-            let c1 = lr / (1.0 - b1.powi(t));
-            let c2 = 1.0 / (1.0 - b2.powi(t)).sqrt();
-            let denom = v.sqrt()?.mul_scalar(c2)?.add_scalar(eps)?;
-            w.subtract(&m.mul_scalar(c1)?.divide(&denom)?)
-        } else {
-            let denom = v.sqrt()?.add_scalar(eps)?;
-            w.subtract(&m.mul_scalar(lr)?.divide(&denom)?)
-        }
+    /// Replaces the state of `name`.
+    pub fn set_state(&mut self, name: &str, state: Vec<Array>) {
+        self.state.insert(name.to_string(), state);
     }
 
     /// Every array of the state (to evaluate them together with the
     /// parameters).
     pub fn state_arrays(&self) -> Vec<&Array> {
         self.state.values().flatten().collect()
+    }
+}
+
+/// The step-dependent factors of one update, computed on the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Factors {
+    /// The learning rate.
+    pub lr: f32,
+    /// Adam: `lr / (1 - beta1^t)`; SGD: `lr`.
+    pub c1: f32,
+    /// Adam: `1 / sqrt(1 - beta2^t)`; SGD: 1.
+    pub c2: f32,
+    /// Adam: the decoupled weight-decay factor `1 - lr * weight_decay`.
+    pub decay: f32,
+}
+
+impl Factors {
+    /// The four factors as float32 scalars (inputs of a compiled step).
+    pub fn to_arrays(self) -> Vec<Array> {
+        [self.lr, self.c1, self.c2, self.decay]
+            .into_iter()
+            .map(Array::scalar)
+            .collect()
+    }
+}
+
+/// `a * f`, with the scalar `f` cast to `a`'s dtype (as `mul_scalar`).
+fn scale(a: &Array, f: &Array) -> Result<Array> {
+    a.multiply(&f.astype(a.dtype())?)
+}
+
+/// One parameter's update under `rule`: its new value and new state.
+/// `factors` are [`Factors::to_arrays`] (scalars, so a compiled step can
+/// take them as inputs). The same function serves the eager and the
+/// compiled training step.
+pub fn update_one(
+    rule: &Rule,
+    g: &Array,
+    w: &Array,
+    state: &[Array],
+    factors: &[Array],
+) -> Result<(Array, Vec<Array>)> {
+    let [lr, c1, c2, decay] = factors else {
+        return Err(Error::InvalidArgument(format!(
+            "an update needs 4 factors, got {}",
+            factors.len()
+        )));
+    };
+    match *rule {
+        Rule::Sgd {
+            momentum,
+            weight_decay,
+            dampening,
+            nesterov,
+        } => {
+            let mut g = g.clone();
+            if weight_decay != 0.0 {
+                g = g.add(&w.mul_scalar(weight_decay)?)?;
+            }
+            if momentum <= 0.0 {
+                return Ok((w.subtract(&scale(&g, lr)?)?, Vec::new()));
+            }
+            let v0 = state.first().ok_or_else(|| {
+                Error::InvalidArgument("SGD with momentum needs its state".into())
+            })?;
+            let mut v = v0.mul_scalar(momentum)?;
+            v = if dampening > 0.0 {
+                v.add(&g.mul_scalar(1.0 - dampening)?)?
+            } else {
+                v.add(&g)?
+            };
+            let update = if nesterov {
+                g.add(&v.mul_scalar(momentum)?)?
+            } else {
+                v.clone()
+            };
+            Ok((w.subtract(&scale(&update, lr)?)?, vec![v]))
+        }
+        Rule::Adam {
+            betas: (b1, b2),
+            eps,
+            weight_decay,
+            bias_correction,
+        } => {
+            let [m0, v0] = state else {
+                return Err(Error::InvalidArgument("Adam needs two state arrays".into()));
+            };
+            let w = if weight_decay != 0.0 {
+                scale(w, decay)?
+            } else {
+                w.clone()
+            };
+            let m = m0.mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?;
+            let v = v0.mul_scalar(b2)?.add(&g.square()?.mul_scalar(1.0 - b2)?)?;
+            let new = if bias_correction {
+                let denom = scale(&v.sqrt()?, c2)?.add_scalar(eps)?;
+                w.subtract(&scale(&m, c1)?.divide(&denom)?)?
+            } else {
+                let denom = v.sqrt()?.add_scalar(eps)?;
+                w.subtract(&scale(&m, lr)?.divide(&denom)?)?
+            };
+            Ok((new, vec![m, v]))
+        }
     }
 }
 

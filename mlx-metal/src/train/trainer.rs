@@ -5,16 +5,18 @@
 //! clipping. The caller's [`Hooks`] see the reports, save the weights and
 //! can ask the loop to stop (Ctrl-C).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::llm::models::Architecture;
 use crate::nn::params::{self, Trainable};
 use crate::train::data::{Batches, Dataset};
-use crate::train::finetune::set_training;
+use crate::train::finetune::{self, set_training};
 use crate::train::loss::{default_loss, loss_and_grads};
 use crate::train::optim::{clip_grad_norm, Optimizer};
-use crate::{eval, Array, Error, Result};
+use crate::train::step::StepLayout;
+use crate::{eval, with_compiled, Array, Compiled, Error, Result};
 
 /// How to train (mlx_lm's `TrainingArgs`, same defaults).
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,11 @@ pub struct TrainArgs {
     pub clip_grad_norm: Option<f32>,
     /// Seed of the batch order.
     pub seed: u64,
+    /// Compile the whole update (loss, gradients, clipping, optimiser)
+    /// into one MLX graph per batch shape, as mlx_lm does. Used when there
+    /// is no gradient accumulation and no adapter dropout; otherwise the
+    /// step runs op by op.
+    pub compile: bool,
 }
 
 impl Default for TrainArgs {
@@ -54,6 +61,7 @@ impl Default for TrainArgs {
             grad_accumulation_steps: 1,
             clip_grad_norm: None,
             seed: 0,
+            compile: true,
         }
     }
 }
@@ -229,123 +237,247 @@ pub fn train(
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome> {
     args.check()?;
-    let mut batches = Batches::new(train, args.batch_size, args.max_seq_length, true, args.seed)?;
-    if let Some(v) = valid {
-        // Fail early on a validation set smaller than one batch.
-        Batches::new(v, args.batch_size, args.max_seq_length, false, 0)?;
+    let compiled =
+        args.compile && args.grad_accumulation_steps == 1 && !finetune::uses_dropout(arch)?;
+    let names: Vec<String> = trainable.parameters(arch.module())?.into_keys().collect();
+    let layout = StepLayout {
+        names,
+        state_len: opt.state_len(),
+        rule: opt.rule,
+        clip: args.clip_grad_norm,
+    };
+    let cell = RefCell::new(arch);
+    let run = Loop {
+        arch: &cell,
+        trainable,
+        train,
+        valid,
+        args,
+    };
+    if !compiled {
+        return run.run(opt, hooks, None);
     }
-    crate::reset_peak_memory()?;
-    let mut losses = 0.0f64;
-    let mut n_tokens = 0u64;
-    let mut steps = 0usize;
-    let mut trained_tokens = 0u64;
-    let mut train_time = 0.0f64;
-    let mut accum: Option<BTreeMap<String, Array>> = None;
-    let mut done = 0;
-    let mut stopped = false;
-    for it in 1..=args.iters {
-        if hooks.stop_requested() {
-            stopped = true;
-            break;
+    let step = layout.closure(&cell);
+    with_compiled(&step, false, |c| run.run(opt, hooks, Some((&layout, c))))?
+}
+
+/// The loop's fixed inputs.
+struct Loop<'a, 'm> {
+    arch: &'a RefCell<&'m mut dyn Architecture>,
+    trainable: &'a Trainable,
+    train: &'a Dataset,
+    valid: Option<&'a Dataset>,
+    args: &'a TrainArgs,
+}
+
+/// What one iteration computed: its loss and tokens, and the new
+/// parameters when it updated them.
+struct Iteration {
+    loss: Array,
+    ntoks: Array,
+    updated: Option<BTreeMap<String, Array>>,
+}
+
+impl Loop<'_, '_> {
+    fn params(&self) -> Result<BTreeMap<String, Array>> {
+        self.trainable.parameters(self.arch.borrow_mut().module())
+    }
+
+    /// One update through the compiled step.
+    fn compiled_step(
+        &self,
+        opt: &mut Optimizer,
+        layout: &StepLayout,
+        compiled: &Compiled,
+        batch: &Array,
+        lengths: &Array,
+        current: &BTreeMap<String, Array>,
+    ) -> Result<Iteration> {
+        for (name, w) in current {
+            opt.ensure_state(name, w)?;
         }
-        if let Some(v) = valid {
-            if it == 1 || it % args.steps_per_eval == 0 || it == args.iters {
-                let tic = Instant::now();
-                let val_loss = evaluate(
-                    arch,
-                    v,
-                    args.batch_size,
-                    args.val_batches,
-                    args.max_seq_length,
-                )?;
-                hooks.report(&Report::Val {
-                    iteration: it - 1,
-                    val_loss,
-                    val_time: tic.elapsed().as_secs_f64(),
-                });
-            }
+        let factors = opt.next_factors().to_arrays();
+        let inputs = layout.inputs(
+            current,
+            |name| opt.state_of(name).to_vec(),
+            factors,
+            batch,
+            lengths,
+        )?;
+        let out = layout.outputs(compiled.call(&inputs)?)?;
+        for (name, state) in out.state {
+            opt.set_state(&name, state);
         }
-        set_training(arch, true)?;
-        let tic = Instant::now();
-        let batch = batches.next().expect("repeating batches never end")?;
-        if let Some(longest) = batch.truncated_from {
-            hooks.report(&Report::Truncated {
-                longest,
-                max_seq_length: args.max_seq_length,
-            });
-        }
-        let step = loss_and_grads(arch, trainable, &batch.tokens, &batch.lengths)?;
+        Ok(Iteration {
+            loss: out.loss,
+            ntoks: out.ntoks,
+            updated: Some(out.params),
+        })
+    }
+
+    /// One iteration op by op (gradient accumulation, dropout).
+    fn eager_step(
+        &self,
+        opt: &mut Optimizer,
+        it: usize,
+        accum: &mut Option<BTreeMap<String, Array>>,
+        batch: &Array,
+        lengths: &Array,
+        current: &BTreeMap<String, Array>,
+    ) -> Result<Iteration> {
+        let step = {
+            let mut arch = self.arch.borrow_mut();
+            loss_and_grads(&mut **arch, self.trainable, batch, lengths)?
+        };
         let grads = add_grads(accum.take(), step.grads)?;
         let mut updated = None;
-        if it % args.grad_accumulation_steps == 0 {
+        if it % self.args.grad_accumulation_steps == 0 {
             let mut g = grads;
-            if args.grad_accumulation_steps > 1 {
-                let k = 1.0 / args.grad_accumulation_steps as f32;
+            if self.args.grad_accumulation_steps > 1 {
+                let k = 1.0 / self.args.grad_accumulation_steps as f32;
                 g = g
                     .into_iter()
                     .map(|(n, a)| Ok((n, a.mul_scalar(k)?)))
                     .collect::<Result<_>>()?;
             }
-            if let Some(max) = args.clip_grad_norm {
+            if let Some(max) = self.args.clip_grad_norm {
                 g = clip_grad_norm(&g, max)?.0;
             }
-            let current = trainable.parameters(arch.module())?;
-            updated = Some(opt.apply(&g, &current)?);
+            updated = Some(opt.apply(&g, current)?);
         } else {
-            accum = Some(grads);
+            *accum = Some(grads);
         }
-        let mut pending: Vec<&Array> = vec![&step.loss, &step.ntoks];
-        if let Some(u) = &updated {
-            pending.extend(u.values());
-            pending.extend(opt.state_arrays());
-        }
-        if let Some(a) = &accum {
-            pending.extend(a.values());
-        }
-        eval(&pending)?;
-        let loss = step.loss.item::<f32>()?;
-        if !loss.is_finite() {
-            set_training(arch, false)?;
-            hooks.save(None, &trainable.parameters(arch.module())?)?;
-            return Err(Error::NonFiniteLoss {
-                iteration: it,
-                value: loss.to_string(),
-            });
-        }
-        if let Some(u) = &updated {
-            params::update(arch.module(), "", u)?;
-        }
-        losses += loss as f64;
-        n_tokens += step.ntoks.item::<i32>()? as u64;
-        steps += 1;
-        train_time += tic.elapsed().as_secs_f64();
-        done = it;
-        hooks.report(&Report::Iteration(it));
-
-        if it % args.steps_per_report == 0 || it == args.iters {
-            trained_tokens += n_tokens;
-            hooks.report(&Report::Train {
-                iteration: it,
-                train_loss: (losses / steps as f64) as f32,
-                learning_rate: opt.learning_rate(),
-                iterations_per_second: steps as f64 / train_time.max(1e-9),
-                tokens_per_second: n_tokens as f64 / train_time.max(1e-9),
-                trained_tokens,
-                peak_memory_gb: crate::peak_memory()? as f64 / 1e9,
-            });
-            losses = 0.0;
-            n_tokens = 0;
-            steps = 0;
-            train_time = 0.0;
-        }
-        if it % args.save_every == 0 {
-            hooks.save(Some(it), &trainable.parameters(arch.module())?)?;
-        }
+        Ok(Iteration {
+            loss: step.loss,
+            ntoks: step.ntoks,
+            updated,
+        })
     }
-    set_training(arch, false)?;
-    hooks.save(None, &trainable.parameters(arch.module())?)?;
-    Ok(Outcome {
-        iterations: done,
-        stopped,
-    })
+
+    fn run(
+        &self,
+        opt: &mut Optimizer,
+        hooks: &mut dyn Hooks,
+        compiled: Option<(&StepLayout, &Compiled)>,
+    ) -> Result<Outcome> {
+        let args = self.args;
+        let mut batches = Batches::new(
+            self.train,
+            args.batch_size,
+            args.max_seq_length,
+            true,
+            args.seed,
+        )?;
+        if let Some(v) = self.valid {
+            // Fail early on a validation set smaller than one batch.
+            Batches::new(v, args.batch_size, args.max_seq_length, false, 0)?;
+        }
+        crate::reset_peak_memory()?;
+        let mut losses = 0.0f64;
+        let mut n_tokens = 0u64;
+        let mut steps = 0usize;
+        let mut trained_tokens = 0u64;
+        let mut train_time = 0.0f64;
+        let mut accum: Option<BTreeMap<String, Array>> = None;
+        let mut done = 0;
+        let mut stopped = false;
+        for it in 1..=args.iters {
+            if hooks.stop_requested() {
+                stopped = true;
+                break;
+            }
+            if let Some(v) = self.valid {
+                if it == 1 || it % args.steps_per_eval == 0 || it == args.iters {
+                    let tic = Instant::now();
+                    let val_loss = evaluate(
+                        &mut **self.arch.borrow_mut(),
+                        v,
+                        args.batch_size,
+                        args.val_batches,
+                        args.max_seq_length,
+                    )?;
+                    hooks.report(&Report::Val {
+                        iteration: it - 1,
+                        val_loss,
+                        val_time: tic.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+            set_training(&mut **self.arch.borrow_mut(), true)?;
+            let tic = Instant::now();
+            let batch = batches.next().expect("repeating batches never end")?;
+            if let Some(longest) = batch.truncated_from {
+                hooks.report(&Report::Truncated {
+                    longest,
+                    max_seq_length: args.max_seq_length,
+                });
+            }
+            let current = self.params()?;
+            let step = match compiled {
+                Some((layout, c)) => {
+                    self.compiled_step(opt, layout, c, &batch.tokens, &batch.lengths, &current)
+                }
+                None => {
+                    self.eager_step(opt, it, &mut accum, &batch.tokens, &batch.lengths, &current)
+                }
+            };
+            // A trace leaves placeholders in the model: put the real
+            // parameters back before anything else reads them.
+            params::update(self.arch.borrow_mut().module(), "", &current)?;
+            let step = step?;
+            let mut pending: Vec<&Array> = vec![&step.loss, &step.ntoks];
+            if let Some(u) = &step.updated {
+                pending.extend(u.values());
+                pending.extend(opt.state_arrays());
+            }
+            if let Some(a) = &accum {
+                pending.extend(a.values());
+            }
+            eval(&pending)?;
+            let loss = step.loss.item::<f32>()?;
+            if !loss.is_finite() {
+                set_training(&mut **self.arch.borrow_mut(), false)?;
+                hooks.save(None, &current)?;
+                return Err(Error::NonFiniteLoss {
+                    iteration: it,
+                    value: loss.to_string(),
+                });
+            }
+            if let Some(u) = &step.updated {
+                params::update(self.arch.borrow_mut().module(), "", u)?;
+            }
+            losses += loss as f64;
+            n_tokens += step.ntoks.item::<i32>()? as u64;
+            steps += 1;
+            train_time += tic.elapsed().as_secs_f64();
+            done = it;
+            hooks.report(&Report::Iteration(it));
+
+            if it % args.steps_per_report == 0 || it == args.iters {
+                trained_tokens += n_tokens;
+                hooks.report(&Report::Train {
+                    iteration: it,
+                    train_loss: (losses / steps as f64) as f32,
+                    learning_rate: opt.learning_rate(),
+                    iterations_per_second: steps as f64 / train_time.max(1e-9),
+                    tokens_per_second: n_tokens as f64 / train_time.max(1e-9),
+                    trained_tokens,
+                    peak_memory_gb: crate::peak_memory()? as f64 / 1e9,
+                });
+                losses = 0.0;
+                n_tokens = 0;
+                steps = 0;
+                train_time = 0.0;
+            }
+            if it % args.save_every == 0 {
+                hooks.save(Some(it), &self.params()?)?;
+            }
+        }
+        set_training(&mut **self.arch.borrow_mut(), false)?;
+        hooks.save(None, &self.params()?)?;
+        Ok(Outcome {
+            iterations: done,
+            stopped,
+        })
+    }
 }
