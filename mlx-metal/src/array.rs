@@ -60,6 +60,12 @@ impl Array {
         self.raw
     }
 
+    /// The address of this value's handle: it changes exactly when the
+    /// value is replaced by another array (clones have their own).
+    pub(crate) fn handle_addr(&self) -> usize {
+        self.raw.ctx as usize
+    }
+
     /// The handle, for mlx-c calls that fill it in place.
     pub(crate) fn raw_mut(&mut self) -> *mut sys::mlx_array {
         &mut self.raw

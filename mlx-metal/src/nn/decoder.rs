@@ -25,6 +25,26 @@ pub struct PreNormBlock {
     pub window: Option<i32>,
 }
 
+/// A transformer block that [`checkpointed`] can wrap: cloneable, with
+/// named parameters, applied to hidden states with a mask and a cache.
+pub trait Block: Module + Clone + 'static {
+    /// Applies the block.
+    fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array>;
+
+    /// The block's sliding window, if any.
+    fn window(&self) -> Option<i32>;
+}
+
+impl Block for PreNormBlock {
+    fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
+        PreNormBlock::forward(self, h, mask, cache)
+    }
+
+    fn window(&self) -> Option<i32> {
+        self.window
+    }
+}
+
 impl PreNormBlock {
     /// Applies the block.
     pub fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
@@ -151,8 +171,8 @@ impl Decoder {
 /// Block `i` applied to `h` under MLX's gradient checkpoint: the block's
 /// parameters that `names` lists are inputs of the checkpointed function
 /// (so their gradients flow), everything else is a constant of it.
-fn checkpointed(
-    b: &PreNormBlock,
+pub fn checkpointed<B: Block>(
+    b: &B,
     i: usize,
     h: &Array,
     mask: &Mask,
@@ -171,8 +191,8 @@ fn checkpointed(
         let values: BTreeMap<String, Array> =
             keys.iter().cloned().zip(x[1..].iter().cloned()).collect();
         params::update(&mut block, &prefix, &values)?;
-        let mut cache = KvCache::batch_transient(&rows, block.window);
-        Ok(vec![block.forward(&x[0], &mask, &mut cache)?])
+        let mut cache = KvCache::batch_transient(&rows, block.window());
+        Ok(vec![Block::forward(&block, &x[0], &mask, &mut cache)?])
     };
     let mut inputs = vec![h.clone()];
     inputs.extend(values);

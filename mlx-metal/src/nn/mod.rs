@@ -16,7 +16,9 @@ pub mod params;
 mod rope;
 
 pub use attention::{Attention, AttentionConfig, Heads, QkNorm, QkvLayout};
-pub use decoder::{caches_for, window_masks, Decoder, DecoderShape, PreNormBlock};
+pub use decoder::{
+    caches_for, checkpointed, window_masks, Block, Decoder, DecoderShape, PreNormBlock,
+};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use lora::{LoraLinear, LoraParams};

@@ -9,8 +9,9 @@ use crate::{fast, Array, Result};
 pub struct RmsNorm {
     weight: Array,
     eps: f32,
-    /// Built by [`RmsNorm::offset_one`]: `weight` holds `1 + w`.
-    offset_one: bool,
+    /// Built by [`RmsNorm::offset_one`]: the stored `w`, with `weight`
+    /// holding `1 + w`.
+    offset: Option<Array>,
 }
 
 impl RmsNorm {
@@ -19,17 +20,16 @@ impl RmsNorm {
         RmsNorm {
             weight,
             eps,
-            offset_one: false,
+            offset: None,
         }
     }
 
     /// A norm scaling by `1 + weight` (Gemma's convention).
     pub fn offset_one(weight: Array, eps: f32) -> Result<RmsNorm> {
-        let one = Array::scalar(1.0f32).astype(weight.dtype())?;
         Ok(RmsNorm {
-            weight: weight.add(&one)?,
+            weight: plus_one(&weight)?,
             eps,
-            offset_one: true,
+            offset: Some(weight),
         })
     }
 
@@ -39,14 +39,27 @@ impl RmsNorm {
     }
 }
 
+/// `1 + w` in `w`'s dtype.
+fn plus_one(w: &Array) -> Result<Array> {
+    w.add(&Array::scalar(1.0f32).astype(w.dtype())?)
+}
+
 impl Module for RmsNorm {
-    /// Visits `prefix.weight`. Gemma-style norms keep `1 + w` folded into
-    /// their weight for speed and expose no parameter (they are not
-    /// trainable here).
+    /// Visits `prefix.weight`. Gemma-style norms show the stored `w` (as
+    /// mlx_lm names and trains it) and fold `1 + w` again when a visitor
+    /// replaces it.
     fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
-        if self.offset_one {
-            return Ok(());
+        let name = join(prefix, "weight");
+        match &mut self.offset {
+            None => v.array(&name, &mut self.weight),
+            Some(w) => {
+                let before = w.handle_addr();
+                v.array(&name, w)?;
+                if w.handle_addr() != before {
+                    self.weight = plus_one(w)?;
+                }
+                Ok(())
+            }
         }
-        v.array(&join(prefix, "weight"), &mut self.weight)
     }
 }

@@ -99,6 +99,7 @@ pub fn load(config: &Config, w: &mut Weights) -> Result<Box<dyn Architecture>> {
     };
     let blocks = GemmaBlocks::load(
         w,
+        false,
         args.num_hidden_layers,
         args.hidden_size,
         args.intermediate_size,
@@ -119,8 +120,12 @@ impl Architecture for Gemma2 {
     fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let h = self.blocks.embed.forward(tokens)?;
         let factor = Array::scalar((self.blocks.hidden as f32).sqrt()).astype(h.dtype())?;
-        self.blocks
-            .forward(h.multiply(&factor)?, tokens, caches, false)
+        self.blocks.forward(h.multiply(&factor)?, tokens, caches)
+    }
+
+    fn set_checkpoint(&mut self, names: Option<std::collections::BTreeSet<String>>) -> Result<()> {
+        self.blocks.checkpoint = names;
+        Ok(())
     }
 
     fn logits(&self, h: &Array) -> Result<Array> {

@@ -11,11 +11,13 @@ use serde_json::Value;
 use crate::llm::config::Config;
 use crate::llm::weights::Weights;
 use crate::nn::activation::Activation;
-use crate::nn::cache::KvCache;
+use std::collections::BTreeSet;
+
+use crate::nn::cache::{KvCache, Mask};
 use crate::nn::params::{join, Module, Visitor};
 use crate::nn::{
-    caches_for, window_masks, Attention, AttentionConfig, Embedding, Heads, Linear, Mlp, QkNorm,
-    QkvLayout, RmsNorm, Rope,
+    caches_for, checkpointed, window_masks, Attention, AttentionConfig, Block, Embedding, Heads,
+    Linear, Mlp, QkNorm, QkvLayout, RmsNorm, Rope,
 };
 use crate::{Array, Dtype, Result};
 
@@ -80,6 +82,7 @@ impl Default for Args {
 }
 
 /// A Gemma block: attention and MLP, each between two `(1 + w)` norms.
+#[derive(Debug, Clone)]
 pub struct GemmaBlock {
     attn: Attention,
     mlp: Mlp,
@@ -88,6 +91,37 @@ pub struct GemmaBlock {
     pre_ff_norm: RmsNorm,
     post_ff_norm: RmsNorm,
     window: Option<i32>,
+    /// Float16 residual sums taken in float32 and clipped (Gemma 3).
+    clip_f16: bool,
+}
+
+impl Block for GemmaBlock {
+    fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
+        let r = self
+            .attn
+            .forward(&self.input_norm.forward(h)?, mask, cache)?;
+        let h = residual(h, &self.post_attn_norm.forward(&r)?, self.clip_f16)?;
+        let r = self.mlp.forward(&self.pre_ff_norm.forward(&h)?)?;
+        residual(&h, &self.post_ff_norm.forward(&r)?, self.clip_f16)
+    }
+
+    fn window(&self) -> Option<i32> {
+        self.window
+    }
+}
+
+impl Module for GemmaBlock {
+    fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
+        self.attn.visit(&join(prefix, "self_attn"), v)?;
+        self.mlp.visit(&join(prefix, "mlp"), v)?;
+        self.input_norm.visit(&join(prefix, "input_layernorm"), v)?;
+        self.post_attn_norm
+            .visit(&join(prefix, "post_attention_layernorm"), v)?;
+        self.pre_ff_norm
+            .visit(&join(prefix, "pre_feedforward_layernorm"), v)?;
+        self.post_ff_norm
+            .visit(&join(prefix, "post_feedforward_layernorm"), v)
+    }
 }
 
 /// Embedding, Gemma blocks and the final norm (Gemma 2 and 3).
@@ -99,6 +133,10 @@ pub struct GemmaBlocks {
     norm: RmsNorm,
     /// Model width.
     pub hidden: i32,
+    /// When set, uncached forward passes (training) run each block under
+    /// MLX's gradient checkpoint with the parameters named here as its
+    /// inputs.
+    pub checkpoint: Option<BTreeSet<String>>,
 }
 
 /// `x + y`; with `clip_f16` in float16 the sum is taken in float32 and
@@ -121,9 +159,12 @@ pub fn softcap(x: &Array, cap: f32) -> Result<Array> {
 
 impl GemmaBlocks {
     /// Loads `model.embed_tokens`, the blocks (attention config and window
-    /// of layer `i` from `layer(i)`) and `model.norm`.
+    /// of layer `i` from `layer(i)`) and `model.norm`; `clip_f16` as
+    /// Gemma 3's residuals need.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         w: &mut Weights,
+        clip_f16: bool,
         layers: i32,
         hidden: i32,
         inter: i32,
@@ -154,6 +195,7 @@ impl GemmaBlocks {
                 pre_ff_norm: norm(w, "pre_feedforward_layernorm")?,
                 post_ff_norm: norm(w, "post_feedforward_layernorm")?,
                 window,
+                clip_f16,
             });
         }
         Ok(GemmaBlocks {
@@ -161,24 +203,20 @@ impl GemmaBlocks {
             blocks,
             norm: w.rms_norm_offset_one("model.norm", hidden, eps)?,
             hidden,
+            checkpoint: None,
         })
     }
 
     /// Runs the (already scaled) embeddings `h` of `tokens` through the
     /// blocks and the final norm.
-    pub fn forward(
-        &self,
-        mut h: Array,
-        tokens: &Array,
-        caches: &mut [KvCache],
-        clip_f16: bool,
-    ) -> Result<Array> {
+    pub fn forward(&self, mut h: Array, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, tokens.dim(1)?)?;
-        for ((b, cache), mask) in self.blocks.iter().zip(caches.iter_mut()).zip(&masks) {
-            let r = b.attn.forward(&b.input_norm.forward(&h)?, mask, cache)?;
-            h = residual(&h, &b.post_attn_norm.forward(&r)?, clip_f16)?;
-            let r = b.mlp.forward(&b.pre_ff_norm.forward(&h)?)?;
-            h = residual(&h, &b.post_ff_norm.forward(&r)?, clip_f16)?;
+        let blocks = self.blocks.iter().zip(caches.iter_mut()).zip(&masks);
+        for (i, ((b, cache), mask)) in blocks.enumerate() {
+            h = match &self.checkpoint {
+                Some(names) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
+                _ => Block::forward(b, &h, mask, cache)?,
+            };
         }
         self.norm.forward(&h)
     }
@@ -217,6 +255,7 @@ pub fn load(config: &Config, w: &mut Weights) -> Result<Box<dyn Architecture>> {
     let pattern = a.sliding_window_pattern.max(1);
     let blocks = GemmaBlocks::load(
         w,
+        true,
         a.num_hidden_layers,
         a.hidden_size,
         a.intermediate_size,
@@ -261,7 +300,12 @@ impl Architecture for Gemma3Text {
         // sqrt(hidden) rounded to bfloat16, as the reference does
         let factor = bf16::from_f32((self.blocks.hidden as f32).sqrt());
         let h = h.multiply(&Array::scalar(factor).astype(h.dtype())?)?;
-        self.blocks.forward(h, tokens, caches, true)
+        self.blocks.forward(h, tokens, caches)
+    }
+
+    fn set_checkpoint(&mut self, names: Option<BTreeSet<String>>) -> Result<()> {
+        self.blocks.checkpoint = names;
+        Ok(())
     }
 
     fn logits(&self, h: &Array) -> Result<Array> {
@@ -294,11 +338,9 @@ impl Module for GemmaBlocks {
         let model = join(prefix, "model");
         self.embed.visit(&join(&model, "embed_tokens"), v)?;
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("{model}.layers.{i}");
-            b.attn.visit(&join(&p, "self_attn"), v)?;
-            b.mlp.visit(&join(&p, "mlp"), v)?;
+            b.visit(&format!("{model}.layers.{i}"), v)?;
         }
-        Ok(())
+        self.norm.visit(&join(&model, "norm"), v)
     }
 }
 
