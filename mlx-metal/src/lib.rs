@@ -28,6 +28,7 @@ mod blas;
 mod closure;
 mod compile;
 mod device;
+pub mod distributed;
 mod dtype;
 mod error;
 pub mod fast;

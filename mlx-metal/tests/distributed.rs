@@ -1,0 +1,190 @@
+//! MLX's distributed layer through the safe wrapper, on the CPU with the
+//! `ring` backend over loopback: this test binary starts copies of itself
+//! as the ranks (`MLX_RANK`, `MLX_HOSTFILE`, as `mlx.launch` sets them).
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlx_metal::distributed::{self, Group};
+use mlx_metal::{Array, Dtype};
+
+/// Set in the ranks' environment: which role to play.
+const ROLE: &str = "MLX_INFER_TEST_DIST_ROLE";
+
+/// A hostfile for `n` ranks on free loopback ports.
+fn hostfile(tag: &str, n: usize) -> PathBuf {
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let hosts: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
+    let path =
+        std::env::temp_dir().join(format!("mlx-infer-dist-{tag}-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).unwrap();
+    path
+}
+
+/// Starts `n` ranks running `test` in role `role`; returns each one's
+/// exit status and output, failing the test if any takes over a minute.
+fn run_ranks(test: &str, role: &str, n: usize) -> Vec<(Option<i32>, String)> {
+    let hosts = hostfile(role, n);
+    let children: Vec<Child> = (0..n)
+        .map(|rank| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([test, "--exact", "--nocapture", "--test-threads=1"])
+                .env(ROLE, role)
+                .env("MLX_RANK", rank.to_string())
+                .env("MLX_HOSTFILE", &hosts)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    for mut child in children {
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a rank of `{role}` did not finish within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut bytes = Vec::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        out.push((status.code(), String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    let _ = std::fs::remove_file(&hosts);
+    out
+}
+
+/// What a rank printed after `key=` (the test harness may print the
+/// test's name before it on the same line).
+fn reported<'a>(text: &'a str, key: &str) -> &'a str {
+    let pat = format!("{key}=");
+    text.lines()
+        .find_map(|l| {
+            l.match_indices(&pat)
+                .find(|(i, _)| *i == 0 || l.as_bytes()[i - 1] == b' ')
+                .map(|(i, _)| &l[i + pat.len()..])
+        })
+        .unwrap_or_else(|| panic!("no `{key}=` in:\n{text}"))
+}
+
+fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+#[test]
+fn ring_is_built_in_and_unknown_backends_are_refused() {
+    if role().is_some() {
+        return;
+    }
+    assert!(distributed::is_available(Some("ring")).unwrap());
+    let err = Group::init(Some("carrier-pigeon"), true).unwrap_err();
+    assert!(err.to_string().contains("carrier-pigeon"), "{err}");
+    // A process alone, not strict: a group of one.
+    let alone = Group::init(None, false).unwrap();
+    assert_eq!((alone.rank(), alone.size()), (0, 1));
+}
+
+#[test]
+fn collectives_over_a_loopback_ring() {
+    if role().as_deref() == Some("collectives") {
+        let g = Group::init(Some("ring"), true).unwrap();
+        let r = g.rank() as f32;
+        let x = Array::from_vec(&[r + 1.0, 10.0 * (r + 1.0)]).unwrap();
+        println!("size={}", g.size());
+        println!("sum={:?}", g.all_sum(&x).unwrap().to_vec::<f32>().unwrap());
+        println!("max={:?}", g.all_max(&x).unwrap().to_vec::<f32>().unwrap());
+        let gathered = g.all_gather(&x.reshape(&[1, 2]).unwrap()).unwrap();
+        println!("gather={:?}", gathered.to_vec::<f32>().unwrap());
+        // Rank 0 sends to the last rank.
+        let last = g.size() - 1;
+        if g.rank() == 0 {
+            g.send(&Array::from_vec(&[7.0f32, 8.0]).unwrap(), last)
+                .unwrap()
+                .eval()
+                .unwrap();
+        } else if g.rank() == last {
+            let got = g.recv(&[2], Dtype::Float32, 0).unwrap();
+            println!("recv={:?}", got.to_vec::<f32>().unwrap());
+        }
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    for n in [2, 4] {
+        let ranks = run_ranks("collectives_over_a_loopback_ring", "collectives", n);
+        let total: f32 = (1..=n).map(|r| r as f32).sum();
+        for (rank, (code, text)) in ranks.iter().enumerate() {
+            assert_eq!(*code, Some(0), "rank {rank} of {n}:\n{text}");
+            assert_eq!(reported(text, "size"), n.to_string());
+            assert_eq!(
+                reported(text, "sum"),
+                format!("{:?}", vec![total, 10.0 * total])
+            );
+            assert_eq!(
+                reported(text, "max"),
+                format!("{:?}", vec![n as f32, 10.0 * n as f32])
+            );
+            let gather: Vec<f32> = (1..=n).flat_map(|r| [r as f32, 10.0 * r as f32]).collect();
+            assert_eq!(reported(text, "gather"), format!("{gather:?}"));
+        }
+        assert_eq!(reported(&ranks[n - 1].1, "recv"), "[7.0, 8.0]");
+    }
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_others_with_an_error() {
+    if role().as_deref() == Some("dies") {
+        let g = Group::init(Some("ring"), true).unwrap();
+        if g.rank() == 1 {
+            std::process::exit(3);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let x = Array::ones(&[1000], Dtype::Float32).unwrap();
+        match g.all_sum(&x).and_then(|s| s.eval()) {
+            Ok(()) => println!("outcome=finished"),
+            Err(e) => println!("outcome=error: {e}"),
+        }
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    let ranks = run_ranks("a_rank_that_dies_ends_the_others_with_an_error", "dies", 2);
+    assert_eq!(ranks[1].0, Some(3), "{}", ranks[1].1);
+    let outcome = reported(&ranks[0].1, "outcome");
+    assert!(
+        outcome.starts_with("error:") && outcome.contains("lost"),
+        "the surviving rank reports the lost peer: {outcome}"
+    );
+}
