@@ -14,6 +14,9 @@ pub enum Error {
     /// An argument was rejected before reaching MLX.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A feature this model or layer does not have.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A Rust closure run by MLX (under `compile`, `vjp`, ...) failed or
     /// panicked; the text says how.
     #[error("closure failed: {0}")]
@@ -71,6 +74,7 @@ impl From<Error> for inference::Error {
             Error::InvalidArgument(m) => inference::Error::InvalidArgument(m),
             e @ Error::Dataset { .. } => inference::Error::InvalidArgument(e.to_string()),
             e @ Error::UnsupportedModel { .. } => inference::Error::Unsupported(e.to_string()),
+            Error::Unsupported(m) => inference::Error::Unsupported(m),
             other => inference::Error::from_backend(crate::backend_name(), other),
         }
     }

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use inference::{GenerateOptions, TextModel};
 use mlx_metal::distributed::{self, Group};
+use mlx_metal::llm::NativeModel;
 use mlx_metal::{Array, Dtype};
 
 /// Set in the ranks' environment: which role to play.
@@ -38,6 +42,16 @@ fn hostfile(tag: &str, n: usize) -> PathBuf {
 /// Starts `n` ranks running `test` in role `role`; returns each one's
 /// exit status and output, failing the test if any takes over a minute.
 fn run_ranks(test: &str, role: &str, n: usize) -> Vec<(Option<i32>, String)> {
+    run_ranks_with(test, role, n, &[])
+}
+
+/// [`run_ranks`] with extra environment variables.
+fn run_ranks_with(
+    test: &str,
+    role: &str,
+    n: usize,
+    env: &[(&str, &str)],
+) -> Vec<(Option<i32>, String)> {
     let hosts = hostfile(role, n);
     let children: Vec<Child> = (0..n)
         .map(|rank| {
@@ -46,6 +60,7 @@ fn run_ranks(test: &str, role: &str, n: usize) -> Vec<(Option<i32>, String)> {
                 .env(ROLE, role)
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", &hosts)
+                .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -187,4 +202,94 @@ fn a_rank_that_dies_ends_the_others_with_an_error() {
         outcome.starts_with("error:") && outcome.contains("lost"),
         "the surviving rank reports the lost peer: {outcome}"
     );
+}
+
+/// Greedy ids of `prompt` on `model`.
+fn greedy(model: &mut NativeModel, prompt: &str) -> Vec<u32> {
+    let opts = GenerateOptions::default().max_tokens(12);
+    model
+        .generate(prompt, &opts)
+        .map(|t| t.unwrap().id)
+        .collect()
+}
+
+const PROMPT: &str = "The quick brown fox";
+
+/// Tensor parallelism over two ranks gives the single process's greedy
+/// ids on every unquantised Llama-shaped fixture.
+#[test]
+fn tensor_parallel_greedy_ids_equal_one_process() {
+    if role().as_deref() == Some("tp") {
+        let fixture = std::env::var("MLX_INFER_TEST_FIXTURE").unwrap();
+        let mut model = NativeModel::load(&common::fixtures().join(&fixture)).unwrap();
+        let group = Group::init(Some("ring"), true).unwrap();
+        match model.architecture_mut().shard(group) {
+            Ok(()) => println!("ids={:?}", greedy(&mut model, PROMPT)),
+            Err(e) => println!("ids=refused: {e}"),
+        }
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    for fixture in ["llama", "qwen2", "qwen3"] {
+        let mut model = NativeModel::load(&common::fixtures().join(fixture)).unwrap();
+        let expected = greedy(&mut model, PROMPT);
+        assert_eq!(expected.len(), 12);
+        let ranks = run_ranks_with(
+            "tensor_parallel_greedy_ids_equal_one_process",
+            "tp",
+            2,
+            &[("MLX_INFER_TEST_FIXTURE", fixture)],
+        );
+        for (rank, (code, text)) in ranks.iter().enumerate() {
+            assert_eq!(*code, Some(0), "{fixture} rank {rank}:\n{text}");
+            assert_eq!(
+                reported(text, "ids"),
+                format!("{expected:?}"),
+                "{fixture} rank {rank}"
+            );
+        }
+    }
+}
+
+/// Shapes that do not split are refused with the reason, on every rank.
+#[test]
+fn unsplittable_models_are_refused_clearly() {
+    if role().as_deref() == Some("tp") {
+        return;
+    }
+    // The 4-bit fixture's 64-wide o_proj input split in two is 32 wide,
+    // under its quantisation groups of 64.
+    let mut model = NativeModel::load(&common::fixtures().join("llama-4bit")).unwrap();
+    let alone = Group::init(None, false).unwrap();
+    assert_eq!(alone.size(), 1);
+    // A group of one shards nothing: the model runs as before.
+    let before = greedy(&mut model, PROMPT);
+    model.architecture_mut().shard(alone).unwrap();
+    assert_eq!(greedy(&mut model, PROMPT), before);
+    let again = model
+        .architecture_mut()
+        .shard(Group::init(None, false).unwrap())
+        .unwrap_err();
+    assert!(again.to_string().contains("already sharded"), "{again}");
+    for (fixture, reason) in [
+        ("llama-4bit", "does not fall on its groups of 64"),
+        ("gemma3_text", "not supported for this architecture"),
+    ] {
+        let ranks = run_ranks_with(
+            "tensor_parallel_greedy_ids_equal_one_process",
+            "tp",
+            2,
+            &[("MLX_INFER_TEST_FIXTURE", fixture)],
+        );
+        for (code, text) in &ranks {
+            assert_eq!(*code, Some(0), "{text}");
+            let said = reported(text, "ids");
+            assert!(
+                said.starts_with("refused") && said.contains(reason),
+                "{fixture}: {said}"
+            );
+        }
+    }
 }

@@ -176,6 +176,36 @@ impl Attention {
         self.o_proj.forward(&o)
     }
 
+    /// Keeps rank `rank`'s share of the heads for tensor parallelism over
+    /// `size` ranks (mlx_lm's `shard`): q/k/v keep the rows of the rank's
+    /// query and key/value heads, `o_proj` the matching input columns (the
+    /// block then sums the ranks' outputs).
+    pub fn shard(&mut self, rank: i32, size: i32) -> Result<()> {
+        use crate::nn::shard::{shard_linear, Split};
+        let Heads {
+            heads, kv_heads, ..
+        } = self.heads;
+        if heads % size != 0 || kv_heads % size != 0 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{heads} query and {kv_heads} key/value heads cannot be split evenly over {size} ranks"
+            )));
+        }
+        let Qkv::Separate { q, k, v } = &self.qkv else {
+            return Err(crate::Error::Unsupported(
+                "tensor parallelism over a fused qkv_proj".into(),
+            ));
+        };
+        self.qkv = Qkv::Separate {
+            q: shard_linear(q, Split::Outputs, rank, size)?,
+            k: shard_linear(k, Split::Outputs, rank, size)?,
+            v: shard_linear(v, Split::Outputs, rank, size)?,
+        };
+        self.o_proj = shard_linear(&self.o_proj, Split::Inputs, rank, size)?;
+        self.heads.heads = heads / size;
+        self.heads.kv_heads = kv_heads / size;
+        Ok(())
+    }
+
     /// Attention with `cap * tanh(scores / cap)` on the logits, written out
     /// (the fused kernel has no soft-capping), as mlx_lm's Gemma 2.
     fn softcapped(&self, q: &Array, k: &Array, v: &Array, mask: &Mask, cap: f32) -> Result<Array> {

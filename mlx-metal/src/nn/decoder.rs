@@ -6,6 +6,7 @@ use crate::llm::weights::Weights;
 use crate::nn::cache::{KvCache, Mask};
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::distributed::Group;
 use crate::nn::params::{self, join, Module, Visitor};
 use crate::nn::{Attention, Embedding, Linear, Mlp, RmsNorm};
 use crate::{checkpoint, Array, Result};
@@ -46,6 +47,24 @@ impl Block for PreNormBlock {
 }
 
 impl PreNormBlock {
+    /// Applies a tensor-parallel block: each rank holds a share of the
+    /// heads and hidden units, and the ranks sum their attention and MLP
+    /// outputs.
+    pub fn forward_parallel(
+        &self,
+        h: &Array,
+        mask: &Mask,
+        cache: &mut KvCache,
+        group: &Group,
+    ) -> Result<Array> {
+        let a = self
+            .attn
+            .forward(&self.input_norm.forward(h)?, mask, cache)?;
+        let h = h.add(&group.all_sum(&a)?)?;
+        let m = self.mlp.forward(&self.post_attn_norm.forward(&h)?)?;
+        h.add(&group.all_sum(&m)?)
+    }
+
     /// Applies the block.
     pub fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
         let h = h.add(
@@ -88,6 +107,9 @@ pub struct Decoder {
     /// MLX's gradient checkpoint with the parameters named here as its
     /// inputs.
     pub checkpoint: Option<BTreeSet<String>>,
+    /// Set when the blocks are sharded over the ranks of this group
+    /// (tensor parallelism).
+    pub tensor_parallel: Option<Group>,
 }
 
 impl Decoder {
@@ -136,6 +158,7 @@ impl Decoder {
             norm,
             lm_head,
             checkpoint: None,
+            tensor_parallel: None,
         })
     }
 
@@ -146,8 +169,9 @@ impl Decoder {
         let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, n)?;
         let blocks = self.blocks.iter().zip(caches.iter_mut()).zip(&masks);
         for (i, ((b, cache), mask)) in blocks.enumerate() {
-            h = match &self.checkpoint {
-                Some(names) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
+            h = match (&self.tensor_parallel, &self.checkpoint) {
+                (Some(group), _) => b.forward_parallel(&h, mask, cache, group)?,
+                (None, Some(names)) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
                 _ => b.forward(&h, mask, cache)?,
             };
         }
@@ -286,7 +310,29 @@ impl crate::llm::models::Architecture for Decoder {
     }
 
     fn set_checkpoint(&mut self, names: Option<BTreeSet<String>>) -> Result<()> {
+        if names.is_some() && self.tensor_parallel.is_some() {
+            return Err(crate::Error::Unsupported(
+                "gradient checkpointing of a tensor-parallel model".into(),
+            ));
+        }
         self.checkpoint = names;
+        Ok(())
+    }
+
+    fn shard(&mut self, group: Group) -> Result<()> {
+        if self.tensor_parallel.is_some() {
+            return Err(crate::Error::InvalidArgument(
+                "the model is already sharded".into(),
+            ));
+        }
+        let (rank, size) = (group.rank() as i32, group.size() as i32);
+        if size > 1 {
+            for b in &mut self.blocks {
+                b.attn.shard(rank, size)?;
+                b.mlp.shard(rank, size)?;
+            }
+        }
+        self.tensor_parallel = Some(group);
         Ok(())
     }
 }

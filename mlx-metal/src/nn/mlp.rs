@@ -62,6 +62,24 @@ impl Mlp {
         })
     }
 
+    /// Keeps rank `rank`'s share of the hidden units for tensor
+    /// parallelism over `size` ranks: gate/up keep their rows, `down_proj`
+    /// the matching columns (the block then sums the ranks' outputs).
+    pub fn shard(&mut self, rank: i32, size: i32) -> Result<()> {
+        use crate::nn::shard::{shard_linear, Split};
+        let GateUp::Separate { gate, up } = &self.gate_up else {
+            return Err(Error::Unsupported(
+                "tensor parallelism over a fused gate_up_proj".into(),
+            ));
+        };
+        self.gate_up = GateUp::Separate {
+            gate: shard_linear(gate, Split::Outputs, rank, size)?,
+            up: shard_linear(up, Split::Outputs, rank, size)?,
+        };
+        self.down_proj = shard_linear(&self.down_proj, Split::Inputs, rank, size)?;
+        Ok(())
+    }
+
     /// Applies the block.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let h = match &self.gate_up {

@@ -14,6 +14,7 @@ mod mlp;
 mod norm;
 pub mod params;
 mod rope;
+pub mod shard;
 
 pub use attention::{Attention, AttentionConfig, Heads, QkNorm, QkvLayout};
 pub use decoder::{

@@ -66,6 +66,18 @@ pub trait Architecture: Send {
         }
     }
 
+    /// Shards the blocks over the ranks of `group` (tensor parallelism,
+    /// mlx_lm's `shard()`): each rank keeps its share of the attention
+    /// heads and MLP units, and the ranks sum each block's outputs. Every
+    /// rank must then run the same forward passes. Families that cannot be
+    /// sharded answer [`Unsupported`](Error::Unsupported).
+    fn shard(&mut self, group: crate::distributed::Group) -> Result<()> {
+        let _ = group;
+        Err(Error::Unsupported(
+            "tensor parallelism is not supported for this architecture".into(),
+        ))
+    }
+
     /// Logits `[B, L, vocab]` of whole sequences `[B, L]` with no cache
     /// kept (training and evaluation): causal attention over each row.
     fn forward_uncached(&self, tokens: &Array) -> Result<Array> {
