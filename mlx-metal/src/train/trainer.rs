@@ -331,7 +331,7 @@ impl Loop<'_, '_> {
         };
         let grads = add_grads(accum.take(), step.grads)?;
         let mut updated = None;
-        if it % self.args.grad_accumulation_steps == 0 {
+        if it.is_multiple_of(self.args.grad_accumulation_steps) {
             let mut g = grads;
             if self.args.grad_accumulation_steps > 1 {
                 let k = 1.0 / self.args.grad_accumulation_steps as f32;
