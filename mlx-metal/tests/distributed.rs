@@ -13,6 +13,7 @@ mod common;
 use inference::{GenerateOptions, TextModel};
 use mlx_metal::distributed::{self, Group};
 use mlx_metal::llm::NativeModel;
+use mlx_metal::nn::ParallelKind;
 use mlx_metal::{Array, Dtype};
 
 /// Set in the ranks' environment: which role to play.
@@ -215,80 +216,131 @@ fn greedy(model: &mut NativeModel, prompt: &str) -> Vec<u32> {
 
 const PROMPT: &str = "The quick brown fox";
 
-/// Tensor parallelism over two ranks gives the single process's greedy
-/// ids on every unquantised Llama-shaped fixture.
+/// The fixtures whose greedy ids a parallel run must reproduce.
+fn index() -> Vec<String> {
+    common::fixture_models()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A rank of a parallel run: loads the fixture, spreads it over the ring
+/// and prints its greedy ids (or why it refused).
+fn parallel_rank() {
+    let fixture = std::env::var("MLX_INFER_TEST_FIXTURE").unwrap();
+    let kind = match std::env::var("MLX_INFER_TEST_KIND").unwrap().as_str() {
+        "tensor" => ParallelKind::Tensor,
+        _ => ParallelKind::Pipeline,
+    };
+    let mut model = NativeModel::load(&common::fixtures().join(&fixture)).unwrap();
+    let group = Group::init(Some("ring"), true).unwrap();
+    match model.architecture_mut().parallelize(group, kind) {
+        Ok(()) => println!("ids={:?}", greedy(&mut model, PROMPT)),
+        Err(e) => println!("ids=refused: {e}"),
+    }
+}
+
+/// What each of `n` ranks printed for `fixture` spread as `kind`.
+fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<String> {
+    let ranks = run_ranks_with(
+        "parallel_greedy_ids_equal_one_process",
+        "parallel",
+        n,
+        &[
+            ("MLX_INFER_TEST_FIXTURE", fixture),
+            ("MLX_INFER_TEST_KIND", kind),
+        ],
+    );
+    ranks
+        .into_iter()
+        .enumerate()
+        .map(|(rank, (code, text))| {
+            assert_eq!(
+                code,
+                Some(0),
+                "{fixture} {kind} rank {rank} of {n}:\n{text}"
+            );
+            reported(&text, "ids").to_string()
+        })
+        .collect()
+}
+
+/// Tensor parallelism (the float fixtures whose heads split in two) and
+/// pipeline parallelism (every fixture, over 2 ranks, and over 4 where
+/// there are 4 blocks) give every rank the single process's greedy ids.
 #[test]
-fn tensor_parallel_greedy_ids_equal_one_process() {
-    if role().as_deref() == Some("tp") {
-        let fixture = std::env::var("MLX_INFER_TEST_FIXTURE").unwrap();
-        let mut model = NativeModel::load(&common::fixtures().join(&fixture)).unwrap();
-        let group = Group::init(Some("ring"), true).unwrap();
-        match model.architecture_mut().shard(group) {
-            Ok(()) => println!("ids={:?}", greedy(&mut model, PROMPT)),
-            Err(e) => println!("ids=refused: {e}"),
-        }
+fn parallel_greedy_ids_equal_one_process() {
+    if role().as_deref() == Some("parallel") {
+        parallel_rank();
         return;
     }
     if role().is_some() {
         return;
     }
-    for fixture in ["llama", "qwen2", "qwen3"] {
-        let mut model = NativeModel::load(&common::fixtures().join(fixture)).unwrap();
-        let expected = greedy(&mut model, PROMPT);
-        assert_eq!(expected.len(), 12);
-        let ranks = run_ranks_with(
-            "tensor_parallel_greedy_ids_equal_one_process",
-            "tp",
-            2,
-            &[("MLX_INFER_TEST_FIXTURE", fixture)],
-        );
-        for (rank, (code, text)) in ranks.iter().enumerate() {
-            assert_eq!(*code, Some(0), "{fixture} rank {rank}:\n{text}");
-            assert_eq!(
-                reported(text, "ids"),
-                format!("{expected:?}"),
-                "{fixture} rank {rank}"
-            );
+    let mut tensor = 0;
+    for fixture in index() {
+        let mut model = NativeModel::load(&common::fixtures().join(&fixture)).unwrap();
+        let expected = format!("{:?}", greedy(&mut model, PROMPT));
+        let blocks = model.architecture().num_layers();
+        let mut runs = vec![("pipeline", 2)];
+        if blocks >= 4 {
+            runs.push(("pipeline", 4));
+        }
+        if ["llama", "qwen2", "qwen3", "gemma2"].contains(&fixture.as_str()) {
+            runs.push(("tensor", 2));
+            tensor += 1;
+        }
+        for (kind, n) in runs {
+            for (rank, ids) in parallel_run(&fixture, kind, n).iter().enumerate() {
+                assert_eq!(ids, &expected, "{fixture} {kind} over {n}, rank {rank}");
+            }
         }
     }
+    assert_eq!(tensor, 4, "the tensor-parallel fixtures are in the index");
 }
 
-/// Shapes that do not split are refused with the reason, on every rank.
+/// Shapes that do not split are refused with the reason, on every rank;
+/// a group of one changes nothing.
 #[test]
 fn unsplittable_models_are_refused_clearly() {
-    if role().as_deref() == Some("tp") {
+    if role().is_some() {
         return;
     }
-    // The 4-bit fixture's 64-wide o_proj input split in two is 32 wide,
-    // under its quantisation groups of 64.
     let mut model = NativeModel::load(&common::fixtures().join("llama-4bit")).unwrap();
+    let before = greedy(&mut model, PROMPT);
     let alone = Group::init(None, false).unwrap();
     assert_eq!(alone.size(), 1);
-    // A group of one shards nothing: the model runs as before.
-    let before = greedy(&mut model, PROMPT);
-    model.architecture_mut().shard(alone).unwrap();
+    model
+        .architecture_mut()
+        .parallelize(alone, ParallelKind::Tensor)
+        .unwrap();
     assert_eq!(greedy(&mut model, PROMPT), before);
     let again = model
         .architecture_mut()
-        .shard(Group::init(None, false).unwrap())
+        .parallelize(Group::init(None, false).unwrap(), ParallelKind::Tensor)
         .unwrap_err();
-    assert!(again.to_string().contains("already sharded"), "{again}");
-    for (fixture, reason) in [
-        ("llama-4bit", "does not fall on its groups of 64"),
-        ("gemma3_text", "not supported for this architecture"),
-    ] {
-        let ranks = run_ranks_with(
-            "tensor_parallel_greedy_ids_equal_one_process",
-            "tp",
+    assert!(again.to_string().contains("already spread"), "{again}");
+    for (fixture, kind, n, reason) in [
+        // 64 input columns of o_proj in two are 32, under groups of 64.
+        (
+            "llama-4bit",
+            "tensor",
             2,
-            &[("MLX_INFER_TEST_FIXTURE", fixture)],
-        );
-        for (code, text) in &ranks {
-            assert_eq!(*code, Some(0), "{text}");
-            let said = reported(text, "ids");
+            "does not fall on its groups of 64",
+        ),
+        (
+            "gemma3_text",
+            "tensor",
+            2,
+            "cannot be split evenly over 2 ranks",
+        ),
+        ("phi3", "tensor", 2, "fused qkv_proj"),
+        ("llama", "pipeline", 4, "2 blocks cannot be split over 4"),
+    ] {
+        for said in parallel_run(fixture, kind, n) {
             assert!(
                 said.starts_with("refused") && said.contains(reason),
-                "{fixture}: {said}"
+                "{fixture} {kind} over {n}: {said}"
             );
         }
     }

@@ -192,9 +192,10 @@ impl<'a> Generation<'a> {
                 next_chunk(prefill_step.max(1), cancellable, last_chunk).min(ids.len() - done - 1);
             let began = Instant::now();
             let chunk = Array::from_vec(&ids[done..done + n])?;
-            stepper.forward(&chunk)?;
-            let state: Vec<&Array> = stepper.caches.iter().flat_map(|c| c.state()).collect();
-            eval(&state)?;
+            let pending = stepper
+                .model
+                .prefill(&chunk.reshape(&[1, n as i32])?, &mut stepper.caches)?;
+            eval(&pending.iter().collect::<Vec<_>>())?;
             stepper.remember(&chunk)?;
             done += n;
             clear_cache()?;

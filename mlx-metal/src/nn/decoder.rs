@@ -7,6 +7,7 @@ use crate::nn::cache::{KvCache, Mask};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::distributed::Group;
+use crate::nn::parallel::{run_blocks, spread, Parallel, ParallelKind};
 use crate::nn::params::{self, join, Module, Visitor};
 use crate::nn::{Attention, Embedding, Linear, Mlp, RmsNorm};
 use crate::{checkpoint, Array, Result};
@@ -32,6 +33,19 @@ pub trait Block: Module + Clone + 'static {
     /// Applies the block.
     fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array>;
 
+    /// Applies a block sharded by [`shard`](Self::shard): the ranks of
+    /// `group` sum their attention and MLP outputs.
+    fn forward_parallel(
+        &self,
+        h: &Array,
+        mask: &Mask,
+        cache: &mut KvCache,
+        group: &Group,
+    ) -> Result<Array>;
+
+    /// Keeps rank `rank`'s share of the heads and MLP units of `size`.
+    fn shard(&mut self, rank: i32, size: i32) -> Result<()>;
+
     /// The block's sliding window, if any.
     fn window(&self) -> Option<i32>;
 }
@@ -41,16 +55,7 @@ impl Block for PreNormBlock {
         PreNormBlock::forward(self, h, mask, cache)
     }
 
-    fn window(&self) -> Option<i32> {
-        self.window
-    }
-}
-
-impl PreNormBlock {
-    /// Applies a tensor-parallel block: each rank holds a share of the
-    /// heads and hidden units, and the ranks sum their attention and MLP
-    /// outputs.
-    pub fn forward_parallel(
+    fn forward_parallel(
         &self,
         h: &Array,
         mask: &Mask,
@@ -65,6 +70,17 @@ impl PreNormBlock {
         h.add(&group.all_sum(&m)?)
     }
 
+    fn shard(&mut self, rank: i32, size: i32) -> Result<()> {
+        self.attn.shard(rank, size)?;
+        self.mlp.shard(rank, size)
+    }
+
+    fn window(&self) -> Option<i32> {
+        self.window
+    }
+}
+
+impl PreNormBlock {
     /// Applies the block.
     pub fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
         let h = h.add(
@@ -107,9 +123,8 @@ pub struct Decoder {
     /// MLX's gradient checkpoint with the parameters named here as its
     /// inputs.
     pub checkpoint: Option<BTreeSet<String>>,
-    /// Set when the blocks are sharded over the ranks of this group
-    /// (tensor parallelism).
-    pub tensor_parallel: Option<Group>,
+    /// Set when the blocks are spread over the ranks of a group.
+    pub parallel: Option<Parallel>,
 }
 
 impl Decoder {
@@ -158,23 +173,20 @@ impl Decoder {
             norm,
             lm_head,
             checkpoint: None,
-            tensor_parallel: None,
+            parallel: None,
         })
     }
 
     /// Final hidden states `[B, L, hidden]` for ids `[B, L]`.
     pub fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-        let mut h = self.embed.forward(tokens)?;
-        let n = tokens.dim(1)?;
-        let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, n)?;
-        let blocks = self.blocks.iter().zip(caches.iter_mut()).zip(&masks);
-        for (i, ((b, cache), mask)) in blocks.enumerate() {
-            h = match (&self.tensor_parallel, &self.checkpoint) {
-                (Some(group), _) => b.forward_parallel(&h, mask, cache, group)?,
-                (None, Some(names)) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
-                _ => b.forward(&h, mask, cache)?,
-            };
-        }
+        let h = self.embed.forward(tokens)?;
+        let h = run_blocks(
+            &self.blocks,
+            h,
+            caches,
+            self.parallel.as_ref(),
+            self.checkpoint.as_ref(),
+        )?;
         self.norm.forward(&h)
     }
 
@@ -310,7 +322,7 @@ impl crate::llm::models::Architecture for Decoder {
     }
 
     fn set_checkpoint(&mut self, names: Option<BTreeSet<String>>) -> Result<()> {
-        if names.is_some() && self.tensor_parallel.is_some() {
+        if names.is_some() && self.parallel.is_some() {
             return Err(crate::Error::Unsupported(
                 "gradient checkpointing of a tensor-parallel model".into(),
             ));
@@ -319,20 +331,17 @@ impl crate::llm::models::Architecture for Decoder {
         Ok(())
     }
 
-    fn shard(&mut self, group: Group) -> Result<()> {
-        if self.tensor_parallel.is_some() {
+    fn pipelined(&self) -> bool {
+        matches!(self.parallel, Some(crate::nn::Parallel::Pipeline { .. }))
+    }
+
+    fn parallelize(&mut self, group: Group, kind: ParallelKind) -> Result<()> {
+        if self.parallel.is_some() {
             return Err(crate::Error::InvalidArgument(
-                "the model is already sharded".into(),
+                "the model is already spread over a group".into(),
             ));
         }
-        let (rank, size) = (group.rank() as i32, group.size() as i32);
-        if size > 1 {
-            for b in &mut self.blocks {
-                b.attn.shard(rank, size)?;
-                b.mlp.shard(rank, size)?;
-            }
-        }
-        self.tensor_parallel = Some(group);
+        self.parallel = Some(spread(&mut self.blocks, group, kind, Block::shard)?);
         Ok(())
     }
 }

@@ -120,7 +120,22 @@ impl Architecture for Gemma2 {
     fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         let h = self.blocks.embed.forward(tokens)?;
         let factor = Array::scalar((self.blocks.hidden as f32).sqrt()).astype(h.dtype())?;
-        self.blocks.forward(h.multiply(&factor)?, tokens, caches)
+        self.blocks.forward(h.multiply(&factor)?, caches)
+    }
+
+    fn pipelined(&self) -> bool {
+        matches!(
+            self.blocks.parallel,
+            Some(crate::nn::Parallel::Pipeline { .. })
+        )
+    }
+
+    fn parallelize(
+        &mut self,
+        group: crate::distributed::Group,
+        kind: crate::nn::ParallelKind,
+    ) -> Result<()> {
+        self.blocks.parallelize(group, kind)
     }
 
     fn set_checkpoint(&mut self, names: Option<std::collections::BTreeSet<String>>) -> Result<()> {

@@ -13,11 +13,13 @@ use crate::llm::weights::Weights;
 use crate::nn::activation::Activation;
 use std::collections::BTreeSet;
 
+use crate::distributed::Group;
 use crate::nn::cache::{KvCache, Mask};
+use crate::nn::parallel::{run_blocks, spread, Parallel, ParallelKind};
 use crate::nn::params::{join, Module, Visitor};
 use crate::nn::{
-    caches_for, checkpointed, window_masks, Attention, AttentionConfig, Block, Embedding, Heads,
-    Linear, Mlp, QkNorm, QkvLayout, RmsNorm, Rope,
+    caches_for, Attention, AttentionConfig, Block, Embedding, Heads, Linear, Mlp, QkNorm,
+    QkvLayout, RmsNorm, Rope,
 };
 use crate::{Array, Dtype, Result};
 
@@ -95,14 +97,43 @@ pub struct GemmaBlock {
     clip_f16: bool,
 }
 
+impl GemmaBlock {
+    /// The block, with `sum` applied to the attention and MLP outputs
+    /// before their post-norms (the ranks' sum when sharded).
+    fn apply(
+        &self,
+        h: &Array,
+        mask: &Mask,
+        cache: &mut KvCache,
+        sum: impl Fn(Array) -> Result<Array>,
+    ) -> Result<Array> {
+        let r = sum(self
+            .attn
+            .forward(&self.input_norm.forward(h)?, mask, cache)?)?;
+        let h = residual(h, &self.post_attn_norm.forward(&r)?, self.clip_f16)?;
+        let r = sum(self.mlp.forward(&self.pre_ff_norm.forward(&h)?)?)?;
+        residual(&h, &self.post_ff_norm.forward(&r)?, self.clip_f16)
+    }
+}
+
 impl Block for GemmaBlock {
     fn forward(&self, h: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
-        let r = self
-            .attn
-            .forward(&self.input_norm.forward(h)?, mask, cache)?;
-        let h = residual(h, &self.post_attn_norm.forward(&r)?, self.clip_f16)?;
-        let r = self.mlp.forward(&self.pre_ff_norm.forward(&h)?)?;
-        residual(&h, &self.post_ff_norm.forward(&r)?, self.clip_f16)
+        self.apply(h, mask, cache, Ok)
+    }
+
+    fn forward_parallel(
+        &self,
+        h: &Array,
+        mask: &Mask,
+        cache: &mut KvCache,
+        group: &Group,
+    ) -> Result<Array> {
+        self.apply(h, mask, cache, |x| group.all_sum(&x))
+    }
+
+    fn shard(&mut self, rank: i32, size: i32) -> Result<()> {
+        self.attn.shard(rank, size)?;
+        self.mlp.shard(rank, size)
     }
 
     fn window(&self) -> Option<i32> {
@@ -137,6 +168,8 @@ pub struct GemmaBlocks {
     /// MLX's gradient checkpoint with the parameters named here as its
     /// inputs.
     pub checkpoint: Option<BTreeSet<String>>,
+    /// Set when the blocks are spread over the ranks of a group.
+    pub parallel: Option<Parallel>,
 }
 
 /// `x + y`; with `clip_f16` in float16 the sum is taken in float32 and
@@ -204,21 +237,38 @@ impl GemmaBlocks {
             norm: w.rms_norm_offset_one("model.norm", hidden, eps)?,
             hidden,
             checkpoint: None,
+            parallel: None,
         })
     }
 
-    /// Runs the (already scaled) embeddings `h` of `tokens` through the
-    /// blocks and the final norm.
-    pub fn forward(&self, mut h: Array, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-        let masks = window_masks(self.blocks.iter().map(|b| b.window), caches, tokens.dim(1)?)?;
-        let blocks = self.blocks.iter().zip(caches.iter_mut()).zip(&masks);
-        for (i, ((b, cache), mask)) in blocks.enumerate() {
-            h = match &self.checkpoint {
-                Some(names) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
-                _ => Block::forward(b, &h, mask, cache)?,
-            };
-        }
+    /// Runs the (already scaled) embeddings `h` through the blocks and the
+    /// final norm.
+    pub fn forward(&self, h: Array, caches: &mut [KvCache]) -> Result<Array> {
+        let h = run_blocks(
+            &self.blocks,
+            h,
+            caches,
+            self.parallel.as_ref(),
+            self.checkpoint.as_ref(),
+        )?;
         self.norm.forward(&h)
+    }
+
+    /// Spreads the blocks over `group` (see
+    /// [`Architecture::parallelize`]).
+    pub fn parallelize(&mut self, group: Group, kind: ParallelKind) -> Result<()> {
+        if self.parallel.is_some() {
+            return Err(crate::Error::InvalidArgument(
+                "the model is already spread over a group".into(),
+            ));
+        }
+        if self.checkpoint.is_some() {
+            return Err(crate::Error::Unsupported(
+                "gradient checkpointing of a parallel model".into(),
+            ));
+        }
+        self.parallel = Some(spread(&mut self.blocks, group, kind, Block::shard)?);
+        Ok(())
     }
 
     /// One cache per block: rotating for windowed blocks.
@@ -300,12 +350,23 @@ impl Architecture for Gemma3Text {
         // sqrt(hidden) rounded to bfloat16, as the reference does
         let factor = bf16::from_f32((self.blocks.hidden as f32).sqrt());
         let h = h.multiply(&Array::scalar(factor).astype(h.dtype())?)?;
-        self.blocks.forward(h, tokens, caches)
+        self.blocks.forward(h, caches)
     }
 
     fn set_checkpoint(&mut self, names: Option<BTreeSet<String>>) -> Result<()> {
         self.blocks.checkpoint = names;
         Ok(())
+    }
+
+    fn pipelined(&self) -> bool {
+        matches!(
+            self.blocks.parallel,
+            Some(crate::nn::Parallel::Pipeline { .. })
+        )
+    }
+
+    fn parallelize(&mut self, group: Group, kind: ParallelKind) -> Result<()> {
+        self.blocks.parallelize(group, kind)
     }
 
     fn logits(&self, h: &Array) -> Result<Array> {

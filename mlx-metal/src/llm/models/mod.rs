@@ -35,6 +35,26 @@ pub trait Architecture: Send {
         self.logits(&self.hidden(tokens, caches)?)
     }
 
+    /// Reads prompt tokens `[B, L]` into `caches` and returns the arrays
+    /// to evaluate for it: the caches' state and, when the blocks are
+    /// spread over a pipeline (where the last stages feed no cache of the
+    /// first ranks), the last position's final hidden state, so every rank
+    /// takes part in the hand-over.
+    fn prefill(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Vec<Array>> {
+        let h = self.hidden(tokens, caches)?;
+        let mut out: Vec<Array> = caches.iter().flat_map(|c| c.state()).cloned().collect();
+        if self.pipelined() {
+            let n = h.dim(1)?;
+            out.push(h.slice_axis(1, n - 1, n)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether the blocks are spread over the ranks of a pipeline.
+    fn pipelined(&self) -> bool {
+        false
+    }
+
     /// Fresh caches, one per layer.
     fn make_caches(&self) -> Vec<KvCache>;
 
@@ -66,15 +86,20 @@ pub trait Architecture: Send {
         }
     }
 
-    /// Shards the blocks over the ranks of `group` (tensor parallelism,
-    /// mlx_lm's `shard()`): each rank keeps its share of the attention
-    /// heads and MLP units, and the ranks sum each block's outputs. Every
+    /// Spreads the blocks over the ranks of `group`: tensor parallelism
+    /// (mlx_lm's `shard()`: each rank keeps its share of the attention
+    /// heads and MLP units and the ranks sum each block's outputs) or
+    /// pipeline parallelism (each rank keeps a run of whole blocks). Every
     /// rank must then run the same forward passes. Families that cannot be
-    /// sharded answer [`Unsupported`](Error::Unsupported).
-    fn shard(&mut self, group: crate::distributed::Group) -> Result<()> {
-        let _ = group;
+    /// spread answer [`Unsupported`](Error::Unsupported).
+    fn parallelize(
+        &mut self,
+        group: crate::distributed::Group,
+        kind: crate::nn::ParallelKind,
+    ) -> Result<()> {
+        let _ = (group, kind);
         Err(Error::Unsupported(
-            "tensor parallelism is not supported for this architecture".into(),
+            "parallel inference is not supported for this architecture".into(),
         ))
     }
 
