@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use inference::{
-    CancellationToken, ComputeDtype, GenerateOptions, LoadOptions, Message, StopReason, TextModel,
-    TokenStream,
+    CancellationToken, ComputeDtype, Distributed, GenerateOptions, LoadOptions, Message,
+    Parallelism, StopReason, TextModel, TokenStream,
 };
 use serde_json::json;
 
@@ -68,6 +68,16 @@ pub struct CommonArgs {
     /// One JSON object per line: each token, then a summary.
     #[arg(long)]
     json: bool,
+    /// Spread the model over the processes of a distributed launch
+    /// (`mlx-infer launch`, or MLX_RANK and MLX_HOSTFILE as mlx.launch sets
+    /// them): `tensor` (each rank a share of every block) or `pipeline`
+    /// (each rank a run of blocks). Rank 0 prints; the others stay quiet.
+    #[arg(long, value_parser = ["tensor", "pipeline"])]
+    distributed: Option<String>,
+    /// MLX's distributed backend for --distributed: ring, nccl, mpi or
+    /// jaccl (default: the first available).
+    #[arg(long, requires = "distributed")]
+    distributed_backend: Option<String>,
 }
 
 /// `mlx-infer generate`.
@@ -103,12 +113,28 @@ pub fn load(
     dtype: ComputeDtype,
     adapter_path: Option<&Path>,
 ) -> Result<Box<dyn TextModel>> {
+    load_with(model, backend, dtype, adapter_path, None)
+}
+
+/// [`load`], spread over the ranks of a distributed launch when
+/// `distributed` says so (only rank 0 reports what was loaded).
+pub fn load_with(
+    model: Option<PathBuf>,
+    backend: Option<&str>,
+    dtype: ComputeDtype,
+    adapter_path: Option<&Path>,
+    distributed: Option<Distributed>,
+) -> Result<Box<dyn TextModel>> {
     let dir = crate::model_path::resolve(model)?;
     let mut opts = LoadOptions::default().dtype(dtype);
     opts.backend = backend.map(str::to_string);
     opts.adapter_path = adapter_path.map(Path::to_path_buf);
+    let quiet = distributed.is_some() && !crate::launch::is_rank_zero();
+    opts.distributed = distributed;
     let model = inference::load_model_with(&dir, opts)?;
-    eprintln!("{}", crate::loading::summary(model.info()));
+    if !quiet {
+        eprintln!("{}", crate::loading::summary(model.info()));
+    }
     Ok(model)
 }
 
@@ -137,13 +163,37 @@ impl CommonArgs {
 
     /// Loads the model these options name.
     pub fn load(&self) -> Result<Box<dyn TextModel>> {
-        load(
+        let distributed = match &self.distributed {
+            None => None,
+            Some(p) => {
+                let mut d = Distributed::new(p.parse::<Parallelism>()?);
+                d.backend = self.distributed_backend.clone();
+                Some(d)
+            }
+        };
+        load_with(
             self.model.clone(),
             self.backend.as_deref(),
             self.dtype,
             self.adapter_path.as_deref(),
+            distributed,
         )
     }
+
+    /// True on the ranks of a distributed run other than rank 0: they
+    /// generate with the others but print nothing.
+    pub fn follower(&self) -> bool {
+        self.distributed.is_some() && !crate::launch::is_rank_zero()
+    }
+}
+
+/// Runs a generation to its end without printing (a distributed run's
+/// ranks other than 0); returns the stop reason.
+fn drain(mut stream: TokenStream<'_>) -> Result<Option<StopReason>> {
+    for token in stream.by_ref() {
+        token?;
+    }
+    Ok(stream.stop_reason())
 }
 
 /// Set while the interactive chat waits for the user's next line: Ctrl-C
@@ -234,6 +284,9 @@ fn exit_code(reason: Option<StopReason>) -> i32 {
 
 /// Runs `mlx-infer generate`.
 pub fn generate(args: GenerateArgs) -> Result<i32> {
+    if args.common.distributed.is_some() && args.prompt.is_none() {
+        bail!("a distributed run takes its prompt from --prompt (every rank must read the same)");
+    }
     let prompt = match args.prompt {
         Some(p) => p,
         None => {
@@ -251,6 +304,9 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
     let cancel = cancel_on_ctrl_c()?;
     let mut model = args.common.load()?;
     let opts = args.common.options(cancel);
+    if args.common.follower() {
+        return Ok(exit_code(drain(model.generate(&prompt, &opts))?));
+    }
     let mut text = String::new();
     let reason = stream_out(model.generate(&prompt, &opts), args.common.json, &mut text)?;
     summary(model.as_ref(), reason, args.common.json)?;
@@ -259,6 +315,11 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
 
 /// Runs `mlx-infer chat`.
 pub fn chat(args: ChatArgs) -> Result<i32> {
+    if args.common.distributed.is_some() && args.message.is_none() {
+        bail!(
+            "a distributed chat takes its message from --message (every rank must read the same)"
+        );
+    }
     let cancel = cancel_on_ctrl_c()?;
     let mut history: Vec<Message> = args.system.iter().map(Message::system).collect();
     let one_shot = match &args.message {
@@ -281,6 +342,9 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
     if let Some(message) = one_shot {
         history.push(Message::user(message));
         let opts = args.common.options(cancel);
+        if args.common.follower() {
+            return Ok(exit_code(drain(model.chat(&history, &opts))?));
+        }
         let mut reply = String::new();
         let reason = stream_out(model.chat(&history, &opts), args.common.json, &mut reply)?;
         summary(model.as_ref(), reason, args.common.json)?;

@@ -7,6 +7,7 @@ mod convert;
 mod fuse;
 mod generate;
 mod inputs;
+mod launch;
 mod linked;
 mod loading;
 mod model_path;
@@ -46,6 +47,8 @@ enum Command {
     Fuse(fuse::FuseArgs),
     /// Fine-tune a model (LoRA, DoRA or full) on a folder of JSONL data; writes an adapter.
     Train(train::TrainArgs),
+    /// Run an mlx-infer command as N local processes of a distributed group (ring over loopback).
+    Launch(launch::LaunchArgs),
 }
 
 /// Prints the libraries' warnings (e.g. a prompt beyond the model's
@@ -83,6 +86,7 @@ fn main() {
         Command::Convert(args) => convert::run(&args),
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
         Command::Train(args) => train::run(args),
+        Command::Launch(args) => launch::run(args),
         Command::Fuse(args) => fuse::run(&args),
     };
     use std::io::Write;

@@ -57,7 +57,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use message::{Message, Role};
 pub use model::{Metrics, ModelInfo, TextModel};
-pub use options::{ComputeDtype, GenerateOptions, LoadOptions};
+pub use options::{ComputeDtype, Distributed, GenerateOptions, LoadOptions, Parallelism};
 pub use registry::{backends, load_model, load_model_with, select_backend};
 pub use request::{check_context, check_messages, check_prompt};
 pub use stop::StopStrings;

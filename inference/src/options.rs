@@ -26,9 +26,74 @@ pub struct LoadOptions {
     /// `adapter_config.json`, mlx_lm's layout) to apply on top of the
     /// base model.
     pub adapter_path: Option<std::path::PathBuf>,
+    /// Spread the model over the processes of a distributed launch (see
+    /// [`Distributed`]); `None` runs it in this process alone.
+    pub distributed: Option<Distributed>,
+}
+
+/// How a model is spread over the processes ("ranks") of a distributed
+/// launch. Each process loads the model, joins the group its environment
+/// describes (as `mlx.launch` sets it: `MLX_RANK` and `MLX_HOSTFILE` for
+/// the `ring` backend) and keeps its share; every rank then runs the same
+/// generation, and rank 0 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Distributed {
+    /// Split each block (tensor) or the stack of blocks (pipeline).
+    pub parallelism: Parallelism,
+    /// MLX's distributed backend (`ring`, `nccl`, `mpi`, `jaccl`); `None`
+    /// takes the first available.
+    pub backend: Option<String>,
+}
+
+impl Distributed {
+    /// `parallelism` over the first available backend.
+    pub fn new(parallelism: Parallelism) -> Distributed {
+        Distributed {
+            parallelism,
+            backend: None,
+        }
+    }
+
+    /// Set [`backend`](Self::backend).
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.backend = Some(name.into());
+        self
+    }
+}
+
+/// Which way a model is spread over ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallelism {
+    /// Every rank holds a share of every block's heads and MLP units; the
+    /// ranks sum each block's outputs.
+    Tensor,
+    /// Every rank holds a run of whole blocks and hands its hidden states
+    /// to the next.
+    Pipeline,
+}
+
+impl FromStr for Parallelism {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Parallelism> {
+        match s {
+            "tensor" => Ok(Parallelism::Tensor),
+            "pipeline" => Ok(Parallelism::Pipeline),
+            other => Err(crate::Error::InvalidArgument(format!(
+                "unknown parallelism `{other}` (tensor, pipeline)"
+            ))),
+        }
+    }
 }
 
 impl LoadOptions {
+    /// Spread the model over the ranks of a distributed launch.
+    pub fn distributed(mut self, d: Distributed) -> Self {
+        self.distributed = Some(d);
+        self
+    }
+
     /// Force the backend with this name.
     pub fn backend(mut self, name: impl Into<String>) -> Self {
         self.backend = Some(name.into());

@@ -34,6 +34,12 @@ impl Backend for MlxLmBackend {
     }
 
     fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
+        if opts.distributed.is_some() {
+            return Err(inference::Error::Unsupported(
+                "the mlxlm backend runs in one process; distributed runs need the native backend"
+                    .into(),
+            ));
+        }
         Ok(Box::new(MlxLmModel::load_with_adapter(
             dir,
             opts.dtype,

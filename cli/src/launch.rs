@@ -1,0 +1,119 @@
+//! `mlx-infer launch`: runs N copies of an `mlx-infer` command on this
+//! machine as the ranks of MLX's `ring` backend over loopback, setting
+//! `MLX_RANK` and `MLX_HOSTFILE` as `mlx.launch` does. Rank 0 keeps the
+//! terminal; the others' output is shown only if they fail. When a rank
+//! fails, the others are stopped and its exit status is returned.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+/// `mlx-infer launch`.
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// Number of processes (ranks).
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u16).range(1..=64))]
+    ranks: u16,
+    /// The mlx-infer command each rank runs, after `--` (e.g.
+    /// `-- generate --model M --prompt P --distributed tensor`).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Whether this process is rank 0 (or not part of a launch at all).
+pub fn is_rank_zero() -> bool {
+    std::env::var("MLX_RANK").map_or(true, |r| r.trim() == "0")
+}
+
+/// A JSON hostfile for `n` ranks on free loopback ports, as the `ring`
+/// backend reads it.
+fn hostfile(n: usize) -> Result<tempfile_path::TempPath> {
+    let mut hosts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free loopback port")?
+            .port();
+        hosts.push(vec![format!("127.0.0.1:{port}")]);
+    }
+    let path = std::env::temp_dir().join(format!("mlx-infer-hosts-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_string(&hosts)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(tempfile_path::TempPath(path))
+}
+
+/// Removes the hostfile when the launch ends.
+mod tempfile_path {
+    /// A file deleted on drop.
+    pub struct TempPath(pub std::path::PathBuf);
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Runs `mlx-infer launch`; returns the exit status.
+pub fn run(args: LaunchArgs) -> Result<i32> {
+    if args.command.first().map(String::as_str) == Some("launch") {
+        bail!("`launch` cannot launch itself");
+    }
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let n = usize::from(args.ranks);
+    let hosts = hostfile(n)?;
+    let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
+    let logs: Vec<tempfile_path::TempPath> = (0..n)
+        .map(|rank| tempfile_path::TempPath(hosts.0.with_extension(format!("rank{rank}.log"))))
+        .collect();
+    for (rank, log) in logs.iter().enumerate() {
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args.command)
+            .env("MLX_RANK", rank.to_string())
+            .env("MLX_HOSTFILE", &hosts.0);
+        if rank > 0 {
+            let log = std::fs::File::create(&log.0)
+                .with_context(|| format!("cannot write {}", log.0.display()))?;
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log));
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start rank {rank}"))?;
+        children.push(Some(child));
+    }
+    let mut status = 0;
+    let mut running = n;
+    while running > 0 {
+        for rank in 0..n {
+            let Some(child) = children[rank].as_mut() else {
+                continue;
+            };
+            let Some(exit) = child.try_wait()? else {
+                continue;
+            };
+            children[rank] = None;
+            running -= 1;
+            let code = exit.code().unwrap_or(1);
+            if code != 0 && status == 0 {
+                status = code;
+                if rank > 0 {
+                    eprint!(
+                        "{}",
+                        std::fs::read_to_string(&logs[rank].0).unwrap_or_default()
+                    );
+                }
+                eprintln!("rank {rank} of {n} failed (exit status {code}); stopping the others");
+                for other in children.iter_mut().flatten() {
+                    let _ = other.kill();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(status)
+}
