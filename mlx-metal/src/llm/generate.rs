@@ -38,12 +38,6 @@ struct Stepper<'a> {
 }
 
 impl Stepper<'_> {
-    fn forward(&mut self, input: &Array) -> Result<Array> {
-        let n = input.dim(0)?;
-        self.model
-            .forward(&input.reshape(&[1, n])?, &mut self.caches)
-    }
-
     fn remember(&mut self, input: &Array) -> Result<()> {
         if self.sampler.wants_history() {
             self.history = Some(match self.history.take() {
@@ -56,9 +50,15 @@ impl Stepper<'_> {
 
     /// The sampled token and a finiteness witness for its logits.
     fn step(&mut self, input: &Array) -> Result<Sampled> {
-        let logits = self.forward(input)?;
-        let l = logits.dim(1)?;
-        let last = logits.slice_axis(1, l - 1, l)?.squeeze(&[1])?;
+        let n = input.dim(0)?;
+        let mut h = self
+            .model
+            .hidden(&input.reshape(&[1, n])?, &mut self.caches)?;
+        if n > 1 {
+            // The end of a prompt: the output layer only at its last position.
+            h = h.slice_axis(1, n - 1, n)?;
+        }
+        let last = self.model.logits(&h)?.squeeze(&[1])?;
         self.remember(input)?;
         let check = finite_witness(&last, &[])?;
         Ok(Sampled {
@@ -183,13 +183,17 @@ impl<'a> Generation<'a> {
         let cancellable = opts.cancel.is_some();
         let mut last_chunk = None;
         let mut cancelled = false;
-        while ids.len() - done > 1 {
+        // Whole chunks while more than one remains; the first step then
+        // reads the rest of the prompt (at most a chunk) and samples.
+        loop {
+            let n = next_chunk(prefill_step.max(1), cancellable, last_chunk);
+            if ids.len() - done <= n {
+                break;
+            }
             if opts.is_cancelled() {
                 cancelled = true;
                 break;
             }
-            let n =
-                next_chunk(prefill_step.max(1), cancellable, last_chunk).min(ids.len() - done - 1);
             let began = Instant::now();
             let chunk = Array::from_vec(&ids[done..done + n])?;
             let pending = stepper
@@ -201,6 +205,7 @@ impl<'a> Generation<'a> {
             clear_cache()?;
             last_chunk = Some((n, began.elapsed().as_secs_f64()));
         }
+        cancelled |= opts.is_cancelled();
         let next = if opts.max_tokens > 0 && !cancelled {
             let y = stepper.step(&Array::from_vec(&ids[done..])?)?;
             y.start()?;
