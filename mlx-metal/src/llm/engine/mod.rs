@@ -1,0 +1,494 @@
+//! The serving engine: [`inference::Engine`] over a [`Batch`] whose rows
+//! are requests that join and leave between steps.
+//!
+//! Each [`step`](inference::Engine::step):
+//!
+//! 1. requests cancelled while waiting end;
+//! 2. the tokens the previous step started are read (one per row): text
+//!    and logprobs are reported, rows that reached EOS, their token budget,
+//!    a stop string, a cancel or non-finite logits end and leave the batch
+//!    (a finished row's cache goes to the prefix cache);
+//! 3. the next decode step for the remaining rows is built and started
+//!    (`async_eval`) before anything reads it;
+//! 4. waiting requests are prefilled, in arrival order, each in a one-row
+//!    batch of its own, at most `prefill_step_size` prompt tokens in all
+//!    per step (a long prompt takes several steps); a request whose prompt
+//!    is read samples its first token and joins the batch.
+//!
+//! Greedy rows are sampled together (one argmax over the batch); a row
+//! with temperature, a repetition penalty or a seed is sampled alone with
+//! its own sampler and key, so a seeded request gives the same tokens
+//! whatever shares its batch.
+
+mod prefix_cache;
+mod row;
+
+use std::collections::{HashSet, VecDeque};
+
+use inference::{
+    Engine, EngineEvent, EngineOptions, EngineRequest, Input, RequestId, StopReason, TextModel,
+    Token, MAX_TOP_LOGPROBS,
+};
+
+use crate::llm::batch::Batch;
+use crate::llm::sampler::{Sampler, SamplerSettings};
+use crate::llm::NativeModel;
+use crate::{async_eval, clear_cache, Array, Result};
+
+use prefix_cache::PrefixCache;
+use row::{read_logprobs, Running, Sampled, Waiting};
+
+/// The tokens the last step started, per row of the batch, not yet read.
+struct Pending {
+    /// `[rows]` uint32.
+    tokens: Array,
+    /// `[rows]` float32 finiteness witnesses.
+    checks: Array,
+    /// Per row, the logprob arrays when asked for.
+    logprobs: Vec<Option<(Array, Array, Array)>>,
+}
+
+impl Pending {
+    /// Appends `sampled` rows (in row order).
+    fn join(running: Option<Pending>, sampled: Vec<Sampled>) -> Result<Option<Pending>> {
+        if sampled.is_empty() {
+            return Ok(running);
+        }
+        let mut tokens: Vec<&Array> = Vec::new();
+        let mut checks: Vec<&Array> = Vec::new();
+        if let Some(p) = &running {
+            tokens.push(&p.tokens);
+            checks.push(&p.checks);
+        }
+        tokens.extend(sampled.iter().map(|s| &s.token));
+        checks.extend(sampled.iter().map(|s| &s.check));
+        let tokens = Array::concatenate(&tokens, 0)?;
+        let checks = Array::concatenate(&checks, 0)?;
+        let mut logprobs = running.map(|p| p.logprobs).unwrap_or_default();
+        logprobs.extend(sampled.into_iter().map(|s| s.logprobs));
+        Ok(Some(Pending {
+            tokens,
+            checks,
+            logprobs,
+        }))
+    }
+}
+
+/// The native backend's [`Engine`]; see the [module documentation](self).
+pub struct NativeEngine<'m> {
+    model: &'m NativeModel,
+    options: EngineOptions,
+    /// Each layer's sliding window (for caches rebuilt from stored ones).
+    windows: Vec<Option<i32>>,
+    /// Samples the greedy rows of a batch together.
+    greedy: Sampler,
+    waiting: VecDeque<Waiting<'m>>,
+    batch: Option<Batch<'m>>,
+    rows: Vec<Running<'m>>,
+    next: Option<Pending>,
+    prefix: PrefixCache,
+    /// Ids in flight (waiting or running).
+    ids: HashSet<RequestId>,
+    /// Events decided outside a step (requests ending before they start).
+    early: Vec<EngineEvent>,
+    /// Steps taken, to return MLX's buffer cache now and then.
+    steps: usize,
+}
+
+impl<'m> NativeEngine<'m> {
+    /// An engine over `model`.
+    pub fn new(model: &'m NativeModel, options: &EngineOptions) -> Result<NativeEngine<'m>> {
+        options
+            .validate()
+            .map_err(|e| crate::Error::InvalidArgument(e.to_string()))?;
+        if !options.adapters.is_empty() {
+            return Err(crate::Error::InvalidArgument(
+                "per-request adapters are not supported by this engine yet".into(),
+            ));
+        }
+        let windows = model
+            .architecture()
+            .make_caches()
+            .iter()
+            .map(|c| c.window())
+            .collect();
+        Ok(NativeEngine {
+            model,
+            options: options.clone(),
+            windows,
+            greedy: Sampler::new(&SamplerSettings::default())?,
+            waiting: VecDeque::new(),
+            batch: None,
+            rows: Vec::new(),
+            next: None,
+            prefix: PrefixCache::new(options.prompt_cache_size),
+            ids: HashSet::new(),
+            early: Vec::new(),
+            steps: 0,
+        })
+    }
+
+    /// Prefixes in the prefix cache.
+    pub fn cached_prefixes(&self) -> usize {
+        self.prefix.len()
+    }
+
+    /// The prompt's ids, after the checks every backend applies.
+    fn encode(&self, request: &EngineRequest) -> inference::Result<Vec<u32>> {
+        let ids = match &request.input {
+            Input::Prompt(p) => {
+                inference::check_prompt(p)?;
+                self.model.tokenizer().encode_prompt(p)?
+            }
+            Input::Chat(m) => {
+                inference::check_messages(m)?;
+                self.model.chat_prompt(m)?
+            }
+        };
+        if ids.is_empty() {
+            return Err(inference::Error::InvalidArgument(
+                "the prompt encodes to no tokens".into(),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Reads the tokens the last step started and reports them; marks the
+    /// rows that end.
+    fn read(&mut self, pending: Pending, events: &mut Vec<EngineEvent>) -> Result<()> {
+        let ids = pending.tokens.to_vec::<u32>()?;
+        let checks = pending.checks.to_vec::<f32>()?;
+        let tokenizer = self.model.tokenizer();
+        let mut out = Vec::new();
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            if row.cancelled {
+                row.row.reason = Some(StopReason::Cancelled);
+                continue;
+            }
+            if !checks[r].is_finite() {
+                events.push(EngineEvent::Failed {
+                    id: row.id,
+                    error: crate::Error::NonFinite(format!(
+                        "at generated token {}",
+                        row.row.ids.len() + 1
+                    ))
+                    .into(),
+                });
+                row.failed = true;
+                row.row.reason = Some(StopReason::Cancelled);
+                continue;
+            }
+            let id = ids[r];
+            row.history.push(id);
+            if let Some(lp) = &pending.logprobs[r] {
+                if !tokenizer.eos_ids().contains(&id) {
+                    row.pending_logprobs
+                        .push_back(read_logprobs(tokenizer, lp)?);
+                }
+            }
+            if let Err(e) = row
+                .row
+                .accept(id, tokenizer.eos_ids(), row.max_tokens, &mut out)
+            {
+                events.push(EngineEvent::Failed {
+                    id: row.id,
+                    error: e.into(),
+                });
+                row.failed = true;
+                row.row.reason = Some(StopReason::Cancelled);
+                out.clear();
+                continue;
+            }
+            Self::report(row, &mut out, events);
+        }
+        Ok(())
+    }
+
+    /// Reports `tokens` as the row's Token events.
+    fn report(row: &mut Running<'_>, tokens: &mut Vec<Token>, events: &mut Vec<EngineEvent>) {
+        for token in tokens.drain(..) {
+            row.emitted += 1;
+            let logprobs = row.pending_logprobs.pop_front();
+            events.push(EngineEvent::Token {
+                id: row.id,
+                token,
+                logprobs,
+            });
+        }
+    }
+
+    /// Reports the rows that ended, stores their caches and drops them
+    /// from the batch.
+    fn remove_finished(&mut self, events: &mut Vec<EngineEvent>) -> Result<()> {
+        let mut keep = Vec::new();
+        let mut out = Vec::new();
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            if row.cancelled && row.row.reason.is_none() {
+                row.row.reason = Some(StopReason::Cancelled);
+            }
+            let Some(reason) = row.row.reason else {
+                keep.push(r);
+                continue;
+            };
+            self.ids.remove(&row.id);
+            if row.failed {
+                continue;
+            }
+            if reason != StopReason::Cancelled {
+                if let Some(b) = &self.batch {
+                    self.prefix.store(&row.history, b.caches(), r)?;
+                }
+            }
+            match row.row.finish(reason, &mut out) {
+                Ok(()) => Self::report(row, &mut out, events),
+                Err(e) => {
+                    events.push(EngineEvent::Failed {
+                        id: row.id,
+                        error: e.into(),
+                    });
+                    continue;
+                }
+            }
+            events.push(EngineEvent::Done {
+                id: row.id,
+                reason,
+                prompt_tokens: row.row.prompt_tokens,
+                completion_tokens: row.emitted,
+                cached_tokens: row.cached,
+            });
+        }
+        if keep.len() != self.rows.len() {
+            let mut r = 0;
+            self.rows.retain(|_| {
+                r += 1;
+                keep.contains(&(r - 1))
+            });
+            if self.rows.is_empty() {
+                self.batch = None;
+            } else if let Some(b) = &mut self.batch {
+                b.filter(&keep)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds and starts the next decode step for the running rows.
+    fn decode(&mut self) -> Result<()> {
+        let Some(batch) = &mut self.batch else {
+            return Ok(());
+        };
+        let inputs: Vec<i32> = self
+            .rows
+            .iter()
+            .map(|r| *r.history.last().expect("a running row has read a token") as i32)
+            .collect();
+        let logits = batch.step(&Array::from_vec(&inputs)?)?;
+        let greedy = if self.rows.iter().any(|r| r.greedy) {
+            Some(self.greedy.sample(logits.clone(), None)?)
+        } else {
+            None
+        };
+        let mut sampled = Vec::with_capacity(self.rows.len());
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            let (from, to) = (r as i32, r as i32 + 1);
+            let own = logits.slice_axis(0, from, to)?;
+            let g = greedy
+                .as_ref()
+                .map(|g| g.slice_axis(0, from, to))
+                .transpose()?;
+            sampled.push(row.sample(&own, g)?);
+        }
+        let next = Pending::join(None, sampled)?.expect("rows are running");
+        let mut state = batch.state();
+        state.push(&next.tokens);
+        state.push(&next.checks);
+        for (a, b, c) in next.logprobs.iter().flatten() {
+            state.extend([a, b, c]);
+        }
+        async_eval(&state)?;
+        self.next = Some(next);
+        Ok(())
+    }
+
+    /// Prefills waiting requests within the step's token budget; those
+    /// whose prompt is read sample their first token and join the batch.
+    fn admit(&mut self, events: &mut Vec<EngineEvent>) -> Result<()> {
+        let arch = self.model.architecture();
+        let mut budget = self.options.prefill_step_size;
+        let mut in_progress = 0;
+        let mut joined = Vec::new();
+        while budget > 0
+            && in_progress < self.waiting.len()
+            && self.rows.len() + joined.len() + in_progress < self.options.max_batch
+        {
+            let w = &mut self.waiting[in_progress];
+            if w.request.options.max_tokens == 0 {
+                let w = self.waiting.remove(in_progress).expect("in range");
+                self.ids.remove(&w.id);
+                events.push(EngineEvent::Started {
+                    id: w.id,
+                    prompt_tokens: w.prompt.len(),
+                    cached_tokens: 0,
+                });
+                events.push(EngineEvent::Done {
+                    id: w.id,
+                    reason: StopReason::MaxTokens,
+                    prompt_tokens: w.prompt.len(),
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                });
+                continue;
+            }
+            if w.prefill.is_none() {
+                let (cached, caches) = match self.prefix.lookup(&w.prompt, &self.windows)? {
+                    Some((n, caches)) => (n, caches),
+                    None => (0, arch.make_batch_caches(&[0])),
+                };
+                w.prefill = Some(row::Prefill {
+                    batch: Batch::with_caches(arch, caches, 1),
+                    done: cached,
+                    cached,
+                });
+            }
+            let p = w.prefill.as_mut().expect("set above");
+            let rest = w.prompt.len() - p.done;
+            let n = rest.min(budget);
+            budget -= n;
+            let chunk: Vec<i32> = w.prompt[p.done..p.done + n]
+                .iter()
+                .map(|&t| t as i32)
+                .collect();
+            let chunk = Array::from_slice(&chunk, &[1, n as i32])?;
+            if n < rest {
+                p.batch.feed(&chunk)?;
+                p.done += n;
+                in_progress += 1;
+                continue;
+            }
+            let logits = p.batch.last_logits(&chunk)?;
+            let w = self.waiting.remove(in_progress).expect("in range");
+            let p = w.prefill.as_ref().expect("set above");
+            self.prefix.store(&w.prompt, p.batch.caches(), 0)?;
+            let cached = p.cached;
+            events.push(EngineEvent::Started {
+                id: w.id,
+                prompt_tokens: w.prompt.len(),
+                cached_tokens: cached,
+            });
+            let mut w = w;
+            let prefill = w.prefill.take().expect("set above");
+            let mut running = Running::new(self.model.tokenizer(), w, cached)?;
+            let sampled = running.sample(&logits, None)?;
+            joined.push((running, prefill.batch, sampled));
+        }
+        if joined.is_empty() {
+            return Ok(());
+        }
+        let mut sampled = Vec::with_capacity(joined.len());
+        for (running, batch, s) in joined {
+            match &mut self.batch {
+                Some(b) => b.extend(batch)?,
+                None => self.batch = Some(batch),
+            }
+            self.rows.push(running);
+            sampled.push(s);
+        }
+        let mut outputs: Vec<&Array> = sampled.iter().flat_map(|s| s.outputs()).collect();
+        if let Some(b) = &self.batch {
+            outputs.extend(b.state());
+        }
+        async_eval(&outputs)?;
+        self.next = Pending::join(self.next.take(), sampled)?;
+        Ok(())
+    }
+}
+
+impl Engine for NativeEngine<'_> {
+    fn submit(&mut self, id: RequestId, request: EngineRequest) -> inference::Result<usize> {
+        request.options.validate()?;
+        if self.ids.contains(&id) {
+            return Err(inference::Error::InvalidArgument(format!(
+                "request {id} is already in flight"
+            )));
+        }
+        if let Some(k) = request.logprobs {
+            if k > MAX_TOP_LOGPROBS {
+                return Err(inference::Error::InvalidArgument(format!(
+                    "logprobs asks for {k} alternatives; at most {MAX_TOP_LOGPROBS} are allowed"
+                )));
+            }
+        }
+        let adapter = match &request.adapter {
+            None => None,
+            Some(name) => {
+                let known = self.options.adapters.iter().position(|(n, _)| n == name);
+                Some(known.ok_or_else(|| {
+                    inference::Error::InvalidArgument(format!("unknown adapter `{name}`"))
+                })?)
+            }
+        };
+        let prompt = self.encode(&request)?;
+        let context = self.model.info().context_length;
+        inference::check_context(prompt.len(), &request.options, context)?;
+        if let Some(limit) = context {
+            let max = request.options.max_tokens;
+            if prompt.len() + max > limit {
+                return Err(inference::Error::InvalidArgument(format!(
+                    "the prompt's {} tokens and max_tokens {max} exceed the model's context length of {limit}",
+                    prompt.len()
+                )));
+            }
+        }
+        let n = prompt.len();
+        self.ids.insert(id);
+        self.waiting.push_back(Waiting {
+            id,
+            prompt,
+            request,
+            adapter,
+            prefill: None,
+        });
+        Ok(n)
+    }
+
+    fn cancel(&mut self, id: RequestId) {
+        if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
+            let w = self.waiting.remove(i).expect("in range");
+            self.ids.remove(&id);
+            self.early.push(EngineEvent::Done {
+                id,
+                reason: StopReason::Cancelled,
+                prompt_tokens: w.prompt.len(),
+                completion_tokens: 0,
+                cached_tokens: w.prefill.map_or(0, |p| p.cached),
+            });
+            return;
+        }
+        if let Some(row) = self.rows.iter_mut().find(|r| r.id == id) {
+            row.cancelled = true;
+        }
+    }
+
+    fn step(&mut self) -> inference::Result<Vec<EngineEvent>> {
+        let mut events = std::mem::take(&mut self.early);
+        if let Some(pending) = self.next.take() {
+            self.read(pending, &mut events)?;
+        }
+        self.remove_finished(&mut events)?;
+        self.decode()?;
+        self.admit(&mut events)?;
+        self.steps += 1;
+        if self.steps.is_multiple_of(256) {
+            clear_cache()?;
+        }
+        Ok(events)
+    }
+
+    fn pending(&self) -> usize {
+        self.ids.len() + usize::from(!self.early.is_empty())
+    }
+
+    fn running(&self) -> usize {
+        self.rows.len()
+    }
+}

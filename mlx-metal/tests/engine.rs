@@ -1,0 +1,523 @@
+//! The serving engine on the fixtures: requests joining and leaving a
+//! running batch give what each gives alone through `generate`/`chat`;
+//! cancel, chunked prefill, seeded sampling, logprobs, the prefix cache
+//! and bad submits.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{fixture_models, reference};
+use inference::{
+    Engine, EngineEvent, EngineOptions, EngineRequest, Error, GenerateOptions, Input, Message,
+    StopReason, TextModel, TokenLogprobs,
+};
+use mlx_metal::llm::NativeModel;
+use mlx_metal::Array;
+
+/// What the engine reported for one request.
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    started: Option<(usize, usize)>,
+    ids: Vec<u32>,
+    text: String,
+    logprobs: Vec<TokenLogprobs>,
+    done: Option<(StopReason, usize, usize, usize)>,
+    failed: Option<String>,
+    /// The step at which each token arrived.
+    steps: Vec<usize>,
+}
+
+/// Feeds `events` into `outcomes` (step `step`).
+fn record(outcomes: &mut BTreeMap<u64, Outcome>, events: Vec<EngineEvent>, step: usize) {
+    for e in events {
+        let o = outcomes.entry(e.id()).or_default();
+        assert!(
+            o.done.is_none() && o.failed.is_none(),
+            "event after the end: {e:?}"
+        );
+        match e {
+            EngineEvent::Started {
+                prompt_tokens,
+                cached_tokens,
+                ..
+            } => o.started = Some((prompt_tokens, cached_tokens)),
+            EngineEvent::Token {
+                token, logprobs, ..
+            } => {
+                o.ids.push(token.id);
+                o.text.push_str(&token.text);
+                o.logprobs.extend(logprobs);
+                o.steps.push(step);
+            }
+            EngineEvent::Done {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+                cached_tokens,
+                ..
+            } => o.done = Some((reason, prompt_tokens, completion_tokens, cached_tokens)),
+            EngineEvent::Failed { error, .. } => o.failed = Some(error.to_string()),
+            _ => {}
+        }
+    }
+}
+
+/// Runs `engine`, submitting each request at its step, until nothing is
+/// pending; returns every request's outcome.
+fn run(
+    engine: &mut dyn Engine,
+    mut schedule: Vec<(usize, u64, EngineRequest)>,
+) -> BTreeMap<u64, Outcome> {
+    schedule.sort_by_key(|(s, id, _)| (*s, *id));
+    let mut schedule = std::collections::VecDeque::from(schedule);
+    let mut outcomes = BTreeMap::new();
+    let mut step = 0;
+    while !schedule.is_empty() || engine.pending() > 0 {
+        while schedule.front().is_some_and(|(s, _, _)| *s <= step) {
+            let (_, id, request) = schedule.pop_front().unwrap();
+            engine.submit(id, request).unwrap();
+        }
+        let events = engine.step().unwrap();
+        record(&mut outcomes, events, step);
+        step += 1;
+        assert!(step < 10_000, "the engine does not finish");
+    }
+    outcomes
+}
+
+/// Ids and text of one request through `generate` or `chat`.
+fn alone(model: &mut NativeModel, input: &Input, opts: &GenerateOptions) -> (Vec<u32>, String) {
+    let stream = match input {
+        Input::Prompt(p) => model.generate(p, opts),
+        Input::Chat(m) => model.chat(m, opts),
+    };
+    let tokens: Vec<_> = stream.map(|t| t.unwrap()).collect();
+    (
+        tokens.iter().map(|t| t.id).collect(),
+        tokens.iter().map(|t| t.text.as_str()).collect(),
+    )
+}
+
+/// Eight inputs of different lengths: prefixes of the fixture's raw
+/// prompt, repeated, and its chat conversation.
+fn inputs(dir: &std::path::Path) -> Vec<Input> {
+    let r = reference(dir);
+    let raw = r["raw"]["prompt"].as_str().unwrap().to_string();
+    let messages: Vec<Message> = serde_json::from_value(r["chat"]["messages"].clone()).unwrap();
+    let words: Vec<&str> = raw.split(' ').collect();
+    let mut out = vec![Input::Chat(messages)];
+    for n in [1, 2, 4, 6] {
+        out.push(Input::Prompt(words[..n.min(words.len())].join(" ")));
+    }
+    out.push(Input::Prompt(raw.clone()));
+    out.push(Input::Prompt(format!("{raw} {raw}")));
+    out.push(Input::Prompt(format!("{raw}\n{raw}\n{raw}")));
+    out
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions::default().max_tokens(max_tokens)
+}
+
+#[test]
+fn greedy_requests_equal_single_generation_alone_and_among_31_others_on_every_fixture() {
+    const MAX: usize = 5;
+    for dir in fixture_models() {
+        let mut model = NativeModel::load(&dir).unwrap();
+        let inputs = inputs(&dir);
+        let want: Vec<_> = inputs
+            .iter()
+            .map(|i| alone(&mut model, i, &greedy(MAX)))
+            .collect();
+        let mut engine = model
+            .engine(&EngineOptions::default().prompt_cache_size(0))
+            .unwrap();
+        // Alone: one request at a time.
+        for (i, input) in inputs.iter().enumerate() {
+            let out = run(
+                engine.as_mut(),
+                vec![(0, 0, EngineRequest::new(input.clone(), greedy(MAX)))],
+            );
+            assert_eq!(out[&0].ids, want[i].0, "{}: input {i} alone", dir.display());
+            assert_eq!(
+                out[&0].text,
+                want[i].1,
+                "{}: input {i} alone",
+                dir.display()
+            );
+        }
+        // 32 requests, submitted over the first steps (some join while
+        // others decode), with different token budgets.
+        let schedule: Vec<_> = (0..32u64)
+            .map(|id| {
+                let i = id as usize % inputs.len();
+                let step = (id as usize * 3) % 11;
+                let request = EngineRequest::new(inputs[i].clone(), greedy(MAX));
+                (step, id, request)
+            })
+            .collect();
+        let out = run(engine.as_mut(), schedule);
+        assert_eq!(out.len(), 32);
+        for (id, o) in &out {
+            let i = *id as usize % inputs.len();
+            assert_eq!(o.ids, want[i].0, "{}: request {id}", dir.display());
+            assert_eq!(o.text, want[i].1, "{}: request {id}", dir.display());
+            let (reason, prompt, completion, cached) = o.done.unwrap();
+            assert!(matches!(reason, StopReason::MaxTokens | StopReason::Eos));
+            assert_eq!(completion, o.ids.len());
+            assert_eq!(cached, 0);
+            assert_eq!(o.started, Some((prompt, 0)));
+        }
+        assert_eq!(engine.running(), 0);
+    }
+}
+
+#[test]
+fn cancel_frees_the_row_at_the_next_step_and_leaves_the_others_unchanged() {
+    let dir = &fixture_models()[0];
+    let mut model = NativeModel::load(dir).unwrap();
+    let inputs = inputs(dir);
+    let want: Vec<_> = inputs[..3]
+        .iter()
+        .map(|i| alone(&mut model, i, &greedy(12)))
+        .collect();
+    let mut engine = model.engine(&EngineOptions::default()).unwrap();
+    for (id, input) in inputs[..3].iter().enumerate() {
+        engine
+            .submit(id as u64, EngineRequest::new(input.clone(), greedy(12)))
+            .unwrap();
+    }
+    let mut outcomes = BTreeMap::new();
+    for step in 0..3 {
+        record(&mut outcomes, engine.step().unwrap(), step);
+    }
+    assert_eq!(engine.running(), 3);
+    engine.cancel(1);
+    let events = engine.step().unwrap();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        EngineEvent::Done {
+            id: 1,
+            reason: StopReason::Cancelled,
+            ..
+        }
+    )));
+    record(&mut outcomes, events, 3);
+    assert!(engine.running() <= 2);
+    let mut step = 4;
+    while engine.pending() > 0 {
+        record(&mut outcomes, engine.step().unwrap(), step);
+        step += 1;
+    }
+    for id in [0u64, 2] {
+        assert_eq!(outcomes[&id].ids, want[id as usize].0, "request {id}");
+    }
+    assert!(outcomes[&1].ids.len() < want[1].0.len());
+    // Cancelling a waiting request ends it before it starts.
+    engine
+        .submit(9, EngineRequest::new(inputs[0].clone(), greedy(4)))
+        .unwrap();
+    engine.cancel(9);
+    assert_eq!(engine.pending(), 1);
+    let events = engine.step().unwrap();
+    assert!(matches!(
+        events[..],
+        [EngineEvent::Done {
+            id: 9,
+            reason: StopReason::Cancelled,
+            completion_tokens: 0,
+            ..
+        }]
+    ));
+    assert_eq!(engine.pending(), 0);
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_over_several_steps_while_another_row_decodes() {
+    let mut checked = 0;
+    for dir in fixture_models().iter().filter(|d| {
+        let name = d.file_name().unwrap().to_string_lossy().to_string();
+        !name.contains("bit")
+    }) {
+        let mut model = NativeModel::load(dir).unwrap();
+        let inputs = inputs(dir);
+        let long = inputs.last().unwrap().clone();
+        let want_long = alone(&mut model, &long, &greedy(4));
+        // A short input that runs to its budget (random models may end early).
+        let Some((short, want_short)) = inputs[1..5].iter().find_map(|i| {
+            let want = alone(&mut model, i, &greedy(30));
+            (want.0.len() == 30).then(|| (i.clone(), want))
+        }) else {
+            continue;
+        };
+        let mut engine = model
+            .engine(
+                &EngineOptions::default()
+                    .prefill_step_size(8)
+                    .prompt_cache_size(0),
+            )
+            .unwrap();
+        let schedule = vec![
+            (0, 0, EngineRequest::new(short.clone(), greedy(30))),
+            (2, 1, EngineRequest::new(long.clone(), greedy(4))),
+        ];
+        let out = run(engine.as_mut(), schedule);
+        assert_eq!(out[&1].ids, want_long.0, "{}", dir.display());
+        assert_eq!(out[&0].ids, want_short.0, "{}", dir.display());
+        let prompt = out[&1].started.unwrap().0;
+        assert!(prompt > 16, "the long prompt has {prompt} tokens");
+        // The long prompt took several steps (8 tokens a step), and the
+        // short row produced a token every step meanwhile (its text may be
+        // released a few steps late while a character is incomplete).
+        let first_long = out[&1].steps[0];
+        let first_short = out[&0].steps[0];
+        assert!(
+            first_long - first_short >= prompt / 8 - 1,
+            "{}: {first_short} {first_long}",
+            dir.display()
+        );
+        let during = out[&0].steps.iter().filter(|&&x| x < first_long).count();
+        assert!(
+            during + 3 >= first_long - first_short,
+            "{}: {:?} (long prompt's first token at step {first_long})",
+            dir.display(),
+            out[&0].steps
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} fixtures had a short input that runs long"
+    );
+}
+
+#[test]
+fn a_seeded_request_gives_the_same_tokens_alone_and_in_a_batch() {
+    for dir in fixture_models().iter().take(9) {
+        let mut model = NativeModel::load(dir).unwrap();
+        let inputs = inputs(dir);
+        let sampled = GenerateOptions::default()
+            .max_tokens(8)
+            .temperature(1.0)
+            .top_k(50)
+            .seed(7);
+        let mut engine = model.engine(&EngineOptions::default()).unwrap();
+        let solo = run(
+            engine.as_mut(),
+            vec![(0, 0, EngineRequest::new(inputs[5].clone(), sampled.clone()))],
+        );
+        let mut schedule = vec![(1, 0, EngineRequest::new(inputs[5].clone(), sampled.clone()))];
+        for id in 1..6u64 {
+            let opts = if id % 2 == 0 {
+                greedy(10)
+            } else {
+                GenerateOptions::default()
+                    .max_tokens(10)
+                    .temperature(0.8)
+                    .seed(id)
+            };
+            schedule.push((
+                id as usize % 3,
+                id,
+                EngineRequest::new(inputs[id as usize].clone(), opts),
+            ));
+        }
+        let batched = run(engine.as_mut(), schedule);
+        assert_eq!(batched[&0].ids, solo[&0].ids, "{}", dir.display());
+        assert_eq!(solo[&0].ids.len(), 8);
+    }
+}
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_models_logits() {
+    for dir in fixture_models()
+        .iter()
+        .filter(|d| !d.to_string_lossy().contains("bit"))
+    {
+        let mut model = NativeModel::load(dir).unwrap();
+        let input = inputs(dir)[4].clone();
+        let Input::Prompt(text) = &input else {
+            unreachable!()
+        };
+        let prompt = model.tokenizer().encode_prompt(text).unwrap();
+        let mut engine = model.engine(&EngineOptions::default()).unwrap();
+        let schedule = vec![
+            (
+                0,
+                0,
+                EngineRequest::new(input.clone(), greedy(4)).logprobs(5),
+            ),
+            (
+                0,
+                1,
+                EngineRequest::new(inputs(dir)[0].clone(), greedy(6)).logprobs(0),
+            ),
+        ];
+        let out = run(engine.as_mut(), schedule);
+        drop(engine);
+        let o = &out[&0];
+        assert_eq!(o.logprobs.len(), o.ids.len());
+        assert_eq!(out[&1].logprobs.len(), out[&1].ids.len());
+        assert!(out[&1].logprobs.iter().all(|l| l.top.is_empty()));
+        // The model's own forward pass over prompt + generated tokens.
+        let arch = model.architecture();
+        let all: Vec<i32> = prompt.iter().chain(&o.ids).map(|&t| t as i32).collect();
+        let n = all.len() as i32;
+        let logits = arch
+            .forward_uncached(&Array::from_slice(&all, &[1, n]).unwrap())
+            .unwrap()
+            .astype(mlx_metal::Dtype::Float32)
+            .unwrap();
+        let lp = logits
+            .subtract(&logits.logsumexp(&[-1], true).unwrap())
+            .unwrap();
+        let vocab = lp.dim(-1).unwrap() as usize;
+        let lp = lp.to_vec::<f32>().unwrap();
+        for (t, (id, l)) in o.ids.iter().zip(&o.logprobs).enumerate() {
+            let at = prompt.len() - 1 + t;
+            let row = &lp[at * vocab..(at + 1) * vocab];
+            let want = row[*id as usize] as f64;
+            assert!(
+                (l.logprob - want).abs() < 1e-3,
+                "{}: token {t}: {} vs {want}",
+                dir.display(),
+                l.logprob
+            );
+            assert_eq!(l.top.len(), 5);
+            assert!(l.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+            // Greedy: the chosen token is the most likely one.
+            assert_eq!(l.top[0].id, *id);
+            let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            assert!((l.top[0].logprob - best).abs() < 1e-3);
+        }
+    }
+}
+
+#[test]
+fn a_shared_prefix_is_read_from_the_prefix_cache_with_the_same_output() {
+    for dir in fixture_models() {
+        let mut model = NativeModel::load(&dir).unwrap();
+        let inputs = inputs(&dir);
+        let first = inputs[5].clone();
+        let second = inputs[6].clone(); // starts with the first
+        let want = alone(&mut model, &second, &greedy(6));
+        let mut engine = model
+            .engine(&EngineOptions::default().prompt_cache_size(2))
+            .unwrap();
+        run(
+            engine.as_mut(),
+            vec![(0, 0, EngineRequest::new(first.clone(), greedy(6)))],
+        );
+        let out = run(
+            engine.as_mut(),
+            vec![(0, 1, EngineRequest::new(second.clone(), greedy(6)))],
+        );
+        let (_, cached) = out[&1].started.unwrap();
+        assert!(cached > 0, "{}: no prefix reused", dir.display());
+        assert_eq!(out[&1].done.unwrap().3, cached);
+        assert_eq!(out[&1].ids, want.0, "{}", dir.display());
+        assert_eq!(out[&1].text, want.1, "{}", dir.display());
+        // The same prompt again: all but its last token come from the cache.
+        let again = run(
+            engine.as_mut(),
+            vec![(0, 2, EngineRequest::new(second.clone(), greedy(6)))],
+        );
+        let (prompt, cached) = again[&2].started.unwrap();
+        assert_eq!(cached, prompt - 1, "{}", dir.display());
+        assert_eq!(again[&2].ids, want.0, "{}", dir.display());
+    }
+}
+
+#[test]
+fn the_prefix_cache_keeps_at_most_its_size() {
+    let dir = &fixture_models()[0];
+    let mut model = NativeModel::load(dir).unwrap();
+    let inputs = inputs(dir);
+    let mut engine = mlx_metal::llm::engine::NativeEngine::new(
+        &model,
+        &EngineOptions::default().prompt_cache_size(2),
+    )
+    .unwrap();
+    let schedule: Vec<_> = [0usize, 1, 7]
+        .iter()
+        .enumerate()
+        .map(|(id, &i)| {
+            (
+                id,
+                id as u64,
+                EngineRequest::new(inputs[i].clone(), greedy(2)),
+            )
+        })
+        .collect();
+    run(&mut engine, schedule);
+    assert_eq!(engine.cached_prefixes(), 2);
+    drop(engine);
+    let _ = &mut model;
+}
+
+#[test]
+fn bad_submits_are_refused_with_typed_errors_and_the_engine_goes_on() {
+    let dir = &fixture_models()[0];
+    let mut model = NativeModel::load(dir).unwrap();
+    let inputs = inputs(dir);
+    let want = alone(&mut model, &inputs[3], &greedy(4));
+    let mut engine = model.engine(&EngineOptions::default()).unwrap();
+    engine
+        .submit(1, EngineRequest::new(inputs[3].clone(), greedy(4)))
+        .unwrap();
+    let bad = |e: Error| -> String {
+        match e {
+            Error::InvalidArgument(m) => m,
+            Error::ContextExceeded { .. } => e.to_string(),
+            other => panic!("unexpected error {other:?}"),
+        }
+    };
+    let m = bad(engine
+        .submit(
+            2,
+            EngineRequest::new(inputs[3].clone(), greedy(4)).adapter("nope"),
+        )
+        .unwrap_err());
+    assert!(m.contains("`nope`"), "{m}");
+    let m = bad(engine
+        .submit(3, EngineRequest::new(inputs[3].clone(), greedy(5000)))
+        .unwrap_err());
+    assert!(m.contains("5000") && m.contains("1024"), "{m}");
+    let m = bad(engine
+        .submit(
+            4,
+            EngineRequest::new(Input::Prompt(String::new()), greedy(4)),
+        )
+        .unwrap_err());
+    assert!(m.contains("empty"), "{m}");
+    let m = bad(engine
+        .submit(5, EngineRequest::new(Input::Chat(Vec::new()), greedy(4)))
+        .unwrap_err());
+    assert!(m.contains("no messages"), "{m}");
+    bad(engine
+        .submit(
+            6,
+            EngineRequest::new(inputs[3].clone(), greedy(4).temperature(-1.0)),
+        )
+        .unwrap_err());
+    let m = bad(engine
+        .submit(
+            7,
+            EngineRequest::new(inputs[3].clone(), greedy(4)).logprobs(21),
+        )
+        .unwrap_err());
+    assert!(m.contains("21"), "{m}");
+    bad(engine
+        .submit(1, EngineRequest::new(inputs[3].clone(), greedy(4)))
+        .unwrap_err());
+    assert_eq!(engine.pending(), 1);
+    let mut outcomes = BTreeMap::new();
+    let mut step = 0;
+    while engine.pending() > 0 {
+        record(&mut outcomes, engine.step().unwrap(), step);
+        step += 1;
+    }
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[&1].ids, want.0);
+}
