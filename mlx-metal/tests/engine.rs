@@ -379,7 +379,7 @@ fn logprobs_are_the_log_softmax_of_the_models_logits() {
             let row = &lp[at * vocab..(at + 1) * vocab];
             let want = row[*id as usize] as f64;
             assert!(
-                (l.logprob - want).abs() < 1e-3,
+                (l.logprob - want).abs() < 1e-4 * (1.0 + want.abs()),
                 "{}: token {t}: {} vs {want}",
                 dir.display(),
                 l.logprob
@@ -389,7 +389,7 @@ fn logprobs_are_the_log_softmax_of_the_models_logits() {
             // Greedy: the chosen token is the most likely one.
             assert_eq!(l.top[0].id, *id);
             let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            assert!((l.top[0].logprob - best).abs() < 1e-3);
+            assert!((l.top[0].logprob - best).abs() < 1e-4 * (1.0 + best.abs()));
         }
     }
 }
@@ -520,4 +520,74 @@ fn bad_submits_are_refused_with_typed_errors_and_the_engine_goes_on() {
     }
     assert_eq!(outcomes.len(), 1);
     assert_eq!(outcomes[&1].ids, want.0);
+}
+
+#[test]
+fn non_finite_logits_fail_their_request_alone() {
+    let dir = fixture_models()
+        .into_iter()
+        .find(|d| d.ends_with("llama"))
+        .unwrap();
+    let mut model = NativeModel::load(&dir).unwrap();
+    let inputs = inputs(&dir);
+    let (a, b) = (inputs[5].clone(), inputs[0].clone());
+    let want = alone(&mut model, &a, &greedy(8));
+    // Poison the embedding of a token only `b` reads (the output layer is
+    // not tied to it): `b`'s row turns NaN, `a`'s is untouched.
+    let ids = model.encode_inputs(&[a.clone(), b.clone()]).unwrap();
+    let t = *ids[1]
+        .iter()
+        .find(|t| !ids[0].contains(t) && !want.0.contains(t))
+        .expect("a token only the second input has");
+    let arch = model.architecture_mut();
+    let name = "model.embed_tokens.weight";
+    let w = mlx_metal::nn::params::named(arch.module(), "").unwrap()[name].clone();
+    let hidden = w.dim(1).unwrap() as usize;
+    let mut data = w.to_vec::<f32>().unwrap();
+    data[t as usize * hidden..(t as usize + 1) * hidden].fill(f32::NAN);
+    let poisoned = Array::from_slice(&data, &w.shape()).unwrap();
+    let update = BTreeMap::from([(name.to_string(), poisoned)]);
+    mlx_metal::nn::params::update(arch.module(), "", &update).unwrap();
+    let mut engine = model.engine(&EngineOptions::default()).unwrap();
+    let out = run(
+        engine.as_mut(),
+        vec![
+            (0, 0, EngineRequest::new(a.clone(), greedy(8))),
+            (1, 1, EngineRequest::new(b.clone(), greedy(8))),
+        ],
+    );
+    let failed = out[&1]
+        .failed
+        .as_deref()
+        .expect("the poisoned request fails");
+    assert!(failed.contains("non-finite"), "{failed}");
+    assert!(out[&1].done.is_none());
+    assert_eq!(out[&0].ids, want.0);
+    assert!(out[&0].done.is_some());
+}
+
+#[test]
+fn a_repetition_penalty_applies_to_its_row_alone() {
+    for dir in fixture_models().iter().step_by(3) {
+        let mut model = NativeModel::load(dir).unwrap();
+        let inputs = inputs(dir);
+        let penalised = greedy(12).repetition_penalty(1.5);
+        let want = alone(&mut model, &inputs[6], &penalised);
+        let want_plain = alone(&mut model, &inputs[6], &greedy(12));
+        let mut engine = model.engine(&EngineOptions::default()).unwrap();
+        let out = run(
+            engine.as_mut(),
+            vec![
+                (
+                    0,
+                    0,
+                    EngineRequest::new(inputs[6].clone(), penalised.clone()),
+                ),
+                (0, 1, EngineRequest::new(inputs[6].clone(), greedy(12))),
+                (1, 2, EngineRequest::new(inputs[2].clone(), greedy(12))),
+            ],
+        );
+        assert_eq!(out[&0].ids, want.0, "{}", dir.display());
+        assert_eq!(out[&1].ids, want_plain.0, "{}", dir.display());
+    }
 }
