@@ -13,7 +13,10 @@ use inference::{
     StopReason, TextModel, TokenLogprobs,
 };
 use mlx_metal::llm::NativeModel;
-use mlx_metal::Array;
+use mlx_metal::train::adapter;
+use mlx_metal::train::finetune::{self, AdapterConfig, LoraParameters};
+use mlx_metal::{random, Array, Dtype};
+use test_support::ScratchDir;
 
 /// What the engine reported for one request.
 #[derive(Debug, Default, Clone)]
@@ -367,7 +370,7 @@ fn logprobs_are_the_log_softmax_of_the_models_logits() {
         let logits = arch
             .forward_uncached(&Array::from_slice(&all, &[1, n]).unwrap())
             .unwrap()
-            .astype(mlx_metal::Dtype::Float32)
+            .astype(Dtype::Float32)
             .unwrap();
         let lp = logits
             .subtract(&logits.logsumexp(&[-1], true).unwrap())
@@ -435,7 +438,7 @@ fn the_prefix_cache_keeps_at_most_its_size() {
     let mut model = NativeModel::load(dir).unwrap();
     let inputs = inputs(dir);
     let mut engine = mlx_metal::llm::engine::NativeEngine::new(
-        &model,
+        &mut model,
         &EngineOptions::default().prompt_cache_size(2),
     )
     .unwrap();
@@ -452,8 +455,6 @@ fn the_prefix_cache_keeps_at_most_its_size() {
         .collect();
     run(&mut engine, schedule);
     assert_eq!(engine.cached_prefixes(), 2);
-    drop(engine);
-    let _ = &mut model;
 }
 
 #[test]
@@ -589,5 +590,112 @@ fn a_repetition_penalty_applies_to_its_row_alone() {
         );
         assert_eq!(out[&0].ids, want.0, "{}", dir.display());
         assert_eq!(out[&1].ids, want_plain.0, "{}", dir.display());
+    }
+}
+
+/// Writes a LoRA adapter for `fixture` in mlx_lm's layout to `dir`: random
+/// `lora_a` and `lora_b` (seeded) on the linears `config` names.
+fn write_adapter(
+    fixture: &std::path::Path,
+    config: &AdapterConfig,
+    seed: u64,
+    dir: &std::path::Path,
+) {
+    let mut model = NativeModel::load(fixture).unwrap();
+    let trainable = finetune::attach(model.architecture_mut(), config).unwrap();
+    let mut weights = trainable
+        .parameters(model.architecture_mut().module())
+        .unwrap();
+    for (i, (name, value)) in weights.iter_mut().enumerate() {
+        let k = random::key(seed * 1000 + i as u64).unwrap();
+        let std = if name.ends_with("lora_b") { 0.1 } else { 0.2 };
+        *value = random::normal(&value.shape(), Dtype::Float32, 0.0, std, Some(&k)).unwrap();
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    adapter::save_weights(&dir.join(adapter::WEIGHTS_FILE), &weights).unwrap();
+    adapter::save_config(dir, &serde_json::to_value(config).unwrap()).unwrap();
+}
+
+#[test]
+fn rows_with_different_adapters_share_a_batch_and_each_equals_its_adapter_alone() {
+    let fixtures: Vec<_> = fixture_models()
+        .into_iter()
+        .filter(|d| d.ends_with("llama") || d.ends_with("qwen3-4bit") || d.ends_with("gemma3_text"))
+        .collect();
+    assert_eq!(fixtures.len(), 3);
+    for dir in fixtures {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let scratch = ScratchDir::new(&format!("engine-adapters-{name}"));
+        let (a_dir, b_dir) = (scratch.path().join("a"), scratch.path().join("b"));
+        let everywhere = AdapterConfig::default();
+        let mut some = AdapterConfig::default();
+        some.num_layers = 1;
+        some.lora_parameters = Some(LoraParameters {
+            rank: 4,
+            scale: 10.0,
+            dropout: 0.0,
+            keys: Some(vec!["self_attn.q_proj".into(), "self_attn.v_proj".into()]),
+        });
+        write_adapter(&dir, &everywhere, 1, &a_dir);
+        write_adapter(&dir, &some, 2, &b_dir);
+        let inputs = inputs(&dir);
+        let picks = [0usize, 3, 5];
+        // Each adapter alone, as `LoadOptions::adapter_path` loads it.
+        let mut want: BTreeMap<(Option<&str>, usize), (Vec<u32>, String)> = BTreeMap::new();
+        for (adapter, path) in [
+            (None, None),
+            (Some("a"), Some(&a_dir)),
+            (Some("b"), Some(&b_dir)),
+        ] {
+            let mut model = NativeModel::load(&dir).unwrap();
+            if let Some(p) = path {
+                model.load_adapter(p).unwrap();
+            }
+            for &i in &picks {
+                want.insert((adapter, i), alone(&mut model, &inputs[i], &greedy(6)));
+            }
+        }
+        assert!(
+            picks
+                .iter()
+                .any(|&i| want[&(None, i)] != want[&(Some("a"), i)]),
+            "{name}: adapter a changes nothing"
+        );
+        assert!(
+            picks
+                .iter()
+                .any(|&i| want[&(None, i)] != want[&(Some("b"), i)]),
+            "{name}: adapter b changes nothing"
+        );
+        let mut model = NativeModel::load(&dir).unwrap();
+        let mut engine = model
+            .engine(
+                &EngineOptions::default()
+                    .adapter("a", &a_dir)
+                    .adapter("b", &b_dir),
+            )
+            .unwrap();
+        let mut schedule = Vec::new();
+        let mut expected = BTreeMap::new();
+        let mut id = 0u64;
+        for (round, &i) in picks.iter().enumerate() {
+            for adapter in [None, Some("a"), Some("b")] {
+                let mut request = EngineRequest::new(inputs[i].clone(), greedy(6));
+                if let Some(a) = adapter {
+                    request = request.adapter(a);
+                }
+                schedule.push((round + id as usize % 2, id, request));
+                expected.insert(id, want[&(adapter, i)].clone());
+                id += 1;
+            }
+        }
+        let out = run(engine.as_mut(), schedule);
+        for (id, (ids, text)) in &expected {
+            assert_eq!(&out[id].ids, ids, "{name}: request {id}");
+            assert_eq!(&out[id].text, text, "{name}: request {id}");
+        }
+        drop(engine);
+        // The model as loaded again once the engine is gone.
+        assert_eq!(alone(&mut model, &inputs[3], &greedy(6)), want[&(None, 3)]);
     }
 }

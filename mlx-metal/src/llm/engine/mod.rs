@@ -20,6 +20,7 @@
 //! its own sampler and key, so a seeded request gives the same tokens
 //! whatever shares its batch.
 
+mod adapters;
 mod prefix_cache;
 mod row;
 
@@ -33,6 +34,7 @@ use inference::{
 use crate::llm::batch::Batch;
 use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::NativeModel;
+use crate::nn::lora::AdapterRows;
 use crate::{async_eval, clear_cache, Array, Result};
 
 use prefix_cache::PrefixCache;
@@ -93,19 +95,29 @@ pub struct NativeEngine<'m> {
     early: Vec<EngineEvent>,
     /// Steps taken, to return MLX's buffer cache now and then.
     steps: usize,
+    /// The rows each per-request adapter applies to (`None`: no adapters).
+    adapter_rows: Option<AdapterRows>,
+}
+
+impl Drop for NativeEngine<'_> {
+    fn drop(&mut self) {
+        // The model serves whole sequences again: no adapter on any row.
+        if let Some(rows) = &self.adapter_rows {
+            rows.clear();
+        }
+    }
 }
 
 impl<'m> NativeEngine<'m> {
-    /// An engine over `model`.
-    pub fn new(model: &'m NativeModel, options: &EngineOptions) -> Result<NativeEngine<'m>> {
+    /// An engine over `model`; attaches [`EngineOptions::adapters`] to it
+    /// (each request picks its own; the model as loaded serves those that
+    /// name none).
+    pub fn new(model: &'m mut NativeModel, options: &EngineOptions) -> Result<NativeEngine<'m>> {
         options
             .validate()
             .map_err(|e| crate::Error::InvalidArgument(e.to_string()))?;
-        if !options.adapters.is_empty() {
-            return Err(crate::Error::InvalidArgument(
-                "per-request adapters are not supported by this engine yet".into(),
-            ));
-        }
+        let adapter_rows = adapters::install(model.architecture_mut(), &options.adapters)?;
+        let model: &'m NativeModel = model;
         let windows = model
             .architecture()
             .make_caches()
@@ -125,12 +137,21 @@ impl<'m> NativeEngine<'m> {
             ids: HashSet::new(),
             early: Vec::new(),
             steps: 0,
+            adapter_rows,
         })
     }
 
     /// Prefixes in the prefix cache.
     pub fn cached_prefixes(&self) -> usize {
         self.prefix.len()
+    }
+
+    /// Sets which adapter each row of the next forward pass uses.
+    fn select(&self, rows: &[Option<usize>]) -> Result<()> {
+        match &self.adapter_rows {
+            Some(a) => a.select(rows, self.options.adapters.len()),
+            None => Ok(()),
+        }
     }
 
     /// The prompt's ids, after the checks every backend applies.
@@ -236,7 +257,8 @@ impl<'m> NativeEngine<'m> {
             }
             if reason != StopReason::Cancelled {
                 if let Some(b) = &self.batch {
-                    self.prefix.store(&row.history, b.caches(), r)?;
+                    self.prefix
+                        .store(&row.history, row.adapter, b.caches(), r)?;
                 }
             }
             match row.row.finish(reason, &mut out) {
@@ -274,6 +296,11 @@ impl<'m> NativeEngine<'m> {
 
     /// Builds and starts the next decode step for the running rows.
     fn decode(&mut self) -> Result<()> {
+        if self.batch.is_none() {
+            return Ok(());
+        }
+        let adapters: Vec<Option<usize>> = self.rows.iter().map(|r| r.adapter).collect();
+        self.select(&adapters)?;
         let Some(batch) = &mut self.batch else {
             return Ok(());
         };
@@ -339,8 +366,14 @@ impl<'m> NativeEngine<'m> {
                 });
                 continue;
             }
+            let adapter = w.adapter;
+            if let Some(a) = &self.adapter_rows {
+                a.select(&[adapter], self.options.adapters.len())?;
+            }
+            let w = &mut self.waiting[in_progress];
             if w.prefill.is_none() {
-                let (cached, caches) = match self.prefix.lookup(&w.prompt, &self.windows)? {
+                let found = self.prefix.lookup(&w.prompt, w.adapter, &self.windows)?;
+                let (cached, caches) = match found {
                     Some((n, caches)) => (n, caches),
                     None => (0, arch.make_batch_caches(&[0])),
                 };
@@ -368,7 +401,8 @@ impl<'m> NativeEngine<'m> {
             let logits = p.batch.last_logits(&chunk)?;
             let w = self.waiting.remove(in_progress).expect("in range");
             let p = w.prefill.as_ref().expect("set above");
-            self.prefix.store(&w.prompt, p.batch.caches(), 0)?;
+            self.prefix
+                .store(&w.prompt, w.adapter, p.batch.caches(), 0)?;
             let cached = p.cached;
             events.push(EngineEvent::Started {
                 id: w.id,

@@ -15,6 +15,8 @@ use crate::{Array, Result};
 /// One stored prefix: the tokens and, per layer, their keys and values
 /// (`[1, heads, n, dim]`).
 struct Entry {
+    /// The adapter the keys and values were computed with.
+    adapter: Option<usize>,
     tokens: Vec<u32>,
     layers: Vec<(Array, Array)>,
 }
@@ -45,13 +47,15 @@ impl PrefixCache {
         self.entries.len()
     }
 
-    /// The longest stored prefix of `prompt` that leaves at least one
-    /// prompt token to run (the logits come from it): its length and the
+    /// The longest stored prefix of `prompt` (computed with `adapter`) that
+    /// leaves at least one prompt token to run (the logits come from it):
+    /// its length and the
     /// one-row batch caches that have read it (`windows`: each layer's
     /// sliding window). `None` when nothing is shared.
     pub fn lookup(
         &mut self,
         prompt: &[u32],
+        adapter: Option<usize>,
         windows: &[Option<i32>],
     ) -> Result<Option<(usize, Vec<KvCache>)>> {
         let usable = prompt.len().saturating_sub(1);
@@ -59,6 +63,7 @@ impl PrefixCache {
             .entries
             .iter()
             .enumerate()
+            .filter(|(_, e)| e.adapter == adapter)
             .map(|(i, e)| (common_prefix(&e.tokens, prompt).min(usable), i))
             .max();
         let Some((n, i)) = best.filter(|&(n, _)| n > 0) else {
@@ -83,11 +88,17 @@ impl PrefixCache {
     }
 
     /// Stores what row `r` of `caches` has read, whose tokens begin
-    /// `tokens`; nothing when the cache is off or a layer no longer holds
+    /// `tokens`, computed with `adapter`; nothing when the cache is off or a layer no longer holds
     /// the row's whole history. An entry that is a prefix of the new one is
     /// replaced by it; a new one that is a prefix of an entry only
     /// refreshes that entry.
-    pub fn store(&mut self, tokens: &[u32], caches: &[KvCache], r: usize) -> Result<()> {
+    pub fn store(
+        &mut self,
+        tokens: &[u32],
+        adapter: Option<usize>,
+        caches: &[KvCache],
+        r: usize,
+    ) -> Result<()> {
         if self.capacity == 0 {
             return Ok(());
         }
@@ -110,17 +121,21 @@ impl PrefixCache {
         if let Some(i) = self
             .entries
             .iter()
-            .position(|e| e.tokens.len() >= n && e.tokens[..n] == *tokens)
+            .position(|e| e.adapter == adapter && e.tokens.len() >= n && e.tokens[..n] == *tokens)
         {
             let entry = self.entries.remove(i);
             self.entries.push(entry);
             return Ok(());
         }
-        self.entries
-            .retain(|e| !(e.tokens.len() < n && tokens[..e.tokens.len()] == e.tokens[..]));
+        self.entries.retain(|e| {
+            !(e.adapter == adapter
+                && e.tokens.len() < n
+                && tokens[..e.tokens.len()] == e.tokens[..])
+        });
         let state: Vec<&Array> = layers.iter().flat_map(|(k, v)| [k, v]).collect();
         crate::eval(&state)?;
         self.entries.push(Entry {
+            adapter,
             tokens: tokens.to_vec(),
             layers,
         });
