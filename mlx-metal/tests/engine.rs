@@ -89,8 +89,11 @@ fn run(
     outcomes
 }
 
+/// The ids and text of one answer.
+type Answer = (Vec<u32>, String);
+
 /// Ids and text of one request through `generate` or `chat`.
-fn alone(model: &mut NativeModel, input: &Input, opts: &GenerateOptions) -> (Vec<u32>, String) {
+fn alone(model: &mut NativeModel, input: &Input, opts: &GenerateOptions) -> Answer {
     let stream = match input {
         Input::Prompt(p) => model.generate(p, opts),
         Input::Chat(m) => model.chat(m, opts),
@@ -628,20 +631,22 @@ fn rows_with_different_adapters_share_a_batch_and_each_equals_its_adapter_alone(
         let scratch = ScratchDir::new(&format!("engine-adapters-{name}"));
         let (a_dir, b_dir) = (scratch.path().join("a"), scratch.path().join("b"));
         let everywhere = AdapterConfig::default();
-        let mut some = AdapterConfig::default();
-        some.num_layers = 1;
-        some.lora_parameters = Some(LoraParameters {
-            rank: 4,
-            scale: 10.0,
-            dropout: 0.0,
-            keys: Some(vec!["self_attn.q_proj".into(), "self_attn.v_proj".into()]),
-        });
+        let some = AdapterConfig {
+            num_layers: 1,
+            lora_parameters: Some(LoraParameters {
+                rank: 4,
+                scale: 10.0,
+                dropout: 0.0,
+                keys: Some(vec!["self_attn.q_proj".into(), "self_attn.v_proj".into()]),
+            }),
+            ..AdapterConfig::default()
+        };
         write_adapter(&dir, &everywhere, 1, &a_dir);
         write_adapter(&dir, &some, 2, &b_dir);
         let inputs = inputs(&dir);
         let picks = [0usize, 3, 5];
         // Each adapter alone, as `LoadOptions::adapter_path` loads it.
-        let mut want: BTreeMap<(Option<&str>, usize), (Vec<u32>, String)> = BTreeMap::new();
+        let mut want: BTreeMap<(Option<&str>, usize), Answer> = BTreeMap::new();
         for (adapter, path) in [
             (None, None),
             (Some("a"), Some(&a_dir)),
