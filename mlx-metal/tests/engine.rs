@@ -436,28 +436,63 @@ fn a_shared_prefix_is_read_from_the_prefix_cache_with_the_same_output() {
 }
 
 #[test]
-fn the_prefix_cache_keeps_at_most_its_size() {
-    let dir = &fixture_models()[0];
-    let mut model = NativeModel::load(dir).unwrap();
-    let inputs = inputs(dir);
+fn the_prefix_cache_keeps_at_most_its_size_dropping_the_least_recently_used() {
+    // A model that adds no BOS, so unrelated prompts share no token.
+    let dir = common::fixtures().join("qwen3");
+    let mut model = NativeModel::load(&dir).unwrap();
     let mut engine = mlx_metal::llm::engine::NativeEngine::new(
         &mut model,
         &EngineOptions::default().prompt_cache_size(2),
     )
     .unwrap();
-    let schedule: Vec<_> = [0usize, 1, 7]
-        .iter()
-        .enumerate()
-        .map(|(id, &i)| {
-            (
-                id,
-                id as u64,
-                EngineRequest::new(inputs[i].clone(), greedy(2)),
-            )
-        })
-        .collect();
-    run(&mut engine, schedule);
+    // Three unrelated prompts, one after the other: the first is dropped.
+    let prompts = [
+        "import os and sys",
+        "Zebras cross roads",
+        "42 is the answer",
+    ];
+    let [a, b, c] = prompts.map(|p| Input::Prompt(p.into()));
+    let (a, b, c) = (&a, &b, &c);
+    let cached = |engine: &mut dyn Engine, input: &Input| -> usize {
+        let out = run(
+            engine,
+            vec![(0, 0, EngineRequest::new(input.clone(), greedy(2)))],
+        );
+        out[&0].started.unwrap().1
+    };
+    for input in [a, b, c] {
+        assert_eq!(cached(&mut engine, input), 0);
+        assert!(engine.cached_prefixes() <= 2);
+    }
     assert_eq!(engine.cached_prefixes(), 2);
+    assert!(cached(&mut engine, b) > 0, "b was kept");
+    assert!(cached(&mut engine, c) > 0, "c was kept");
+    assert_eq!(cached(&mut engine, a), 0, "a was dropped first");
+    // a is back, b is now the least recently used.
+    assert_eq!(engine.cached_prefixes(), 2);
+    assert!(cached(&mut engine, c) > 0);
+    assert_eq!(cached(&mut engine, b), 0, "b was dropped");
+}
+
+#[test]
+fn an_unusable_adapter_is_refused_when_the_engine_is_made() {
+    let dir = &fixture_models()[0];
+    let mut model = NativeModel::load(dir).unwrap();
+    let missing = ScratchDir::new("engine-no-adapter");
+    let err = model
+        .engine(&EngineOptions::default().adapter("gone", missing.path().join("nothing")))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("`gone`"), "{err}");
+    // The model still serves.
+    let input = inputs(dir)[3].clone();
+    let want = alone(&mut model, &input, &greedy(3));
+    let mut engine = model.engine(&EngineOptions::default()).unwrap();
+    let out = run(
+        engine.as_mut(),
+        vec![(0, 0, EngineRequest::new(input, greedy(3)))],
+    );
+    assert_eq!(out[&0].ids, want.0);
 }
 
 #[test]
