@@ -32,13 +32,14 @@ use inference::{
 };
 
 use crate::llm::batch::Batch;
+use crate::llm::generate::finite_witness;
 use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::NativeModel;
 use crate::nn::lora::AdapterRows;
-use crate::{async_eval, clear_cache, Array, Result};
+use crate::{async_eval, clear_cache, Array, Dtype, Result};
 
 use prefix_cache::PrefixCache;
-use row::{read_logprobs, Running, Sampled, Waiting};
+use row::{read_logprobs, LogprobArrays, Running, Waiting};
 
 /// The tokens the last step started, per row of the batch, not yet read.
 struct Pending {
@@ -47,32 +48,65 @@ struct Pending {
     /// `[rows]` float32 finiteness witnesses.
     checks: Array,
     /// Per row, the logprob arrays when asked for.
-    logprobs: Vec<Option<(Array, Array, Array)>>,
+    logprobs: Vec<Option<LogprobArrays>>,
 }
 
 impl Pending {
-    /// Appends `sampled` rows (in row order).
-    fn join(running: Option<Pending>, sampled: Vec<Sampled>) -> Result<Option<Pending>> {
-        if sampled.is_empty() {
-            return Ok(running);
-        }
-        let mut tokens: Vec<&Array> = Vec::new();
-        let mut checks: Vec<&Array> = Vec::new();
-        if let Some(p) = &running {
-            tokens.push(&p.tokens);
-            checks.push(&p.checks);
-        }
-        tokens.extend(sampled.iter().map(|s| &s.token));
-        checks.extend(sampled.iter().map(|s| &s.check));
-        let tokens = Array::concatenate(&tokens, 0)?;
-        let checks = Array::concatenate(&checks, 0)?;
-        let mut logprobs = running.map(|p| p.logprobs).unwrap_or_default();
-        logprobs.extend(sampled.into_iter().map(|s| s.logprobs));
-        Ok(Some(Pending {
+    /// Samples a token for each of `rows` from `logits` (`[rows, vocab]`
+    /// float32): the greedy rows together (`greedy`), the others each with
+    /// its own sampler.
+    fn sample(rows: &mut [Running<'_>], logits: &Array, greedy: &mut Sampler) -> Result<Pending> {
+        let checks = finite_witness(logits, &[-1])?;
+        let row = |r: usize, a: &Array| a.slice_axis(0, r as i32, r as i32 + 1);
+        let batch_greedy = rows
+            .iter()
+            .any(|r| r.greedy)
+            .then(|| greedy.sample(logits.clone(), None))
+            .transpose()?;
+        let tokens = match &batch_greedy {
+            Some(g) if rows.iter().all(|r| r.greedy) => g.astype(Dtype::Uint32)?,
+            _ => {
+                let each = rows
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(r, running)| match &batch_greedy {
+                        Some(g) if running.greedy => row(r, g)?.astype(Dtype::Uint32),
+                        _ => running.sample(&row(r, logits)?)?.astype(Dtype::Uint32),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Array::concatenate(&each.iter().collect::<Vec<_>>(), 0)?
+            }
+        };
+        let logprobs = rows
+            .iter()
+            .enumerate()
+            .map(|(r, running)| running.logprobs(&row(r, logits)?, &row(r, &tokens)?))
+            .collect::<Result<_>>()?;
+        Ok(Pending {
             tokens,
             checks,
             logprobs,
-        }))
+        })
+    }
+
+    /// The rows of `self`, then those of `more`.
+    fn append(self, more: Pending) -> Result<Pending> {
+        let mut logprobs = self.logprobs;
+        logprobs.extend(more.logprobs);
+        Ok(Pending {
+            tokens: Array::concatenate(&[&self.tokens, &more.tokens], 0)?,
+            checks: Array::concatenate(&[&self.checks, &more.checks], 0)?,
+            logprobs,
+        })
+    }
+
+    /// The arrays to evaluate.
+    fn outputs(&self) -> Vec<&Array> {
+        let mut out = vec![&self.tokens, &self.checks];
+        for (a, b, c) in self.logprobs.iter().flatten() {
+            out.extend([a, b, c]);
+        }
+        out
     }
 }
 
@@ -310,28 +344,9 @@ impl<'m> NativeEngine<'m> {
             .map(|r| *r.history.last().expect("a running row has read a token") as i32)
             .collect();
         let logits = batch.step(&Array::from_vec(&inputs)?)?;
-        let greedy = if self.rows.iter().any(|r| r.greedy) {
-            Some(self.greedy.sample(logits.clone(), None)?)
-        } else {
-            None
-        };
-        let mut sampled = Vec::with_capacity(self.rows.len());
-        for (r, row) in self.rows.iter_mut().enumerate() {
-            let (from, to) = (r as i32, r as i32 + 1);
-            let own = logits.slice_axis(0, from, to)?;
-            let g = greedy
-                .as_ref()
-                .map(|g| g.slice_axis(0, from, to))
-                .transpose()?;
-            sampled.push(row.sample(&own, g)?);
-        }
-        let next = Pending::join(None, sampled)?.expect("rows are running");
+        let next = Pending::sample(&mut self.rows, &logits, &mut self.greedy)?;
         let mut state = batch.state();
-        state.push(&next.tokens);
-        state.push(&next.checks);
-        for (a, b, c) in next.logprobs.iter().flatten() {
-            state.extend([a, b, c]);
-        }
+        state.extend(next.outputs());
         async_eval(&state)?;
         self.next = Some(next);
         Ok(())
@@ -411,28 +426,33 @@ impl<'m> NativeEngine<'m> {
             });
             let mut w = w;
             let prefill = w.prefill.take().expect("set above");
-            let mut running = Running::new(self.model.tokenizer(), w, cached)?;
-            let sampled = running.sample(&logits, None)?;
-            joined.push((running, prefill.batch, sampled));
+            let running = Running::new(self.model.tokenizer(), w, cached)?;
+            joined.push((running, prefill.batch, logits));
         }
         if joined.is_empty() {
             return Ok(());
         }
-        let mut sampled = Vec::with_capacity(joined.len());
-        for (running, batch, s) in joined {
+        let first = self.rows.len();
+        let mut logits = Vec::with_capacity(joined.len());
+        for (running, batch, l) in joined {
             match &mut self.batch {
                 Some(b) => b.extend(batch)?,
                 None => self.batch = Some(batch),
             }
             self.rows.push(running);
-            sampled.push(s);
+            logits.push(l);
         }
-        let mut outputs: Vec<&Array> = sampled.iter().flat_map(|s| s.outputs()).collect();
+        let logits = Array::concatenate(&logits.iter().collect::<Vec<_>>(), 0)?;
+        let new = Pending::sample(&mut self.rows[first..], &logits, &mut self.greedy)?;
+        let mut outputs = new.outputs();
         if let Some(b) = &self.batch {
             outputs.extend(b.state());
         }
         async_eval(&outputs)?;
-        self.next = Pending::join(self.next.take(), sampled)?;
+        self.next = Some(match self.next.take() {
+            Some(running) => running.append(new)?,
+            None => new,
+        });
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use inference::{EngineRequest, RequestId, TokenLogprobs, TokenScore};
 
 use crate::llm::batch::{Batch, Row};
-use crate::llm::generate::{finite_witness, sampler_settings};
+use crate::llm::generate::sampler_settings;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::Tokenizer;
 use crate::{Array, Dtype, Result};
@@ -67,28 +67,6 @@ pub(crate) struct Running<'t> {
     pub failed: bool,
 }
 
-/// What one step sampled for one row, still lazy.
-pub(crate) struct Sampled {
-    /// `[1]` uint32.
-    pub token: Array,
-    /// `[1]` float32, finite exactly when the row's logits were.
-    pub check: Array,
-    /// The chosen token's logprob (`[1, 1]`), and the top ids and their
-    /// logprobs (`[1, k]`), when asked for.
-    pub logprobs: Option<(Array, Array, Array)>,
-}
-
-impl Sampled {
-    /// The arrays to evaluate.
-    pub fn outputs(&self) -> Vec<&Array> {
-        let mut out = vec![&self.token, &self.check];
-        if let Some((a, b, c)) = &self.logprobs {
-            out.extend([a, b, c]);
-        }
-        out
-    }
-}
-
 impl<'t> Running<'t> {
     /// The row for a request whose prompt was read.
     pub fn new(tokenizer: &'t Tokenizer, w: Waiting<'_>, cached: usize) -> Result<Running<'t>> {
@@ -111,56 +89,49 @@ impl<'t> Running<'t> {
         })
     }
 
-    /// Samples this row's next token from its logits (`[1, vocab]`
-    /// float32); `greedy` is the batch's argmax for this row, used when the
-    /// row is greedy.
-    pub fn sample(&mut self, logits: &Array, greedy: Option<Array>) -> Result<Sampled> {
-        let check = finite_witness(logits, &[-1])?;
-        let token = match greedy {
-            Some(t) if self.greedy => t,
-            _ => {
-                let history = if self.sampler.wants_history() {
-                    let from = self.history.len().saturating_sub(self.repetition_context);
-                    let recent: Vec<i32> = self.history[from..].iter().map(|&t| t as i32).collect();
-                    Some(Array::from_vec(&recent)?)
-                } else {
-                    None
-                };
-                self.sampler.sample(logits.clone(), history.as_ref())?
-            }
-        }
-        .astype(Dtype::Uint32)?;
-        let logprobs = match self.logprobs {
-            None => None,
-            Some(k) => {
-                let lp = logits.subtract(&logits.logsumexp(&[-1], true)?)?;
-                let chosen =
-                    lp.take_along_axis(&token.reshape(&[1, 1])?.astype(Dtype::Int32)?, -1)?;
-                let vocab = lp.dim(-1)?;
-                let k = (k as i32).min(vocab);
-                let top = if k == 0 {
-                    Array::zeros(&[1, 0], Dtype::Int32)?
-                } else {
-                    lp.negative()?
-                        .argpartition(k - 1, -1)?
-                        .slice_axis(-1, 0, k)?
-                };
-                let top_lp = lp.take_along_axis(&top, -1)?;
-                Some((chosen, top, top_lp))
-            }
+    /// Samples this row's next token (`[1]`) from its logits (`[1, vocab]`
+    /// float32) with its own sampler, key and history.
+    pub fn sample(&mut self, logits: &Array) -> Result<Array> {
+        let history = if self.sampler.wants_history() {
+            let from = self.history.len().saturating_sub(self.repetition_context);
+            let recent: Vec<i32> = self.history[from..].iter().map(|&t| t as i32).collect();
+            Some(Array::from_vec(&recent)?)
+        } else {
+            None
         };
-        Ok(Sampled {
-            token,
-            check,
-            logprobs,
-        })
+        self.sampler.sample(logits.clone(), history.as_ref())
+    }
+
+    /// When the request asked for logprobs: the chosen `token`'s (`[1,
+    /// 1]`), and the top ids and their logprobs (`[1, k]`), from the row's
+    /// raw logits (`[1, vocab]` float32).
+    pub fn logprobs(&self, logits: &Array, token: &Array) -> Result<Option<LogprobArrays>> {
+        let Some(k) = self.logprobs else {
+            return Ok(None);
+        };
+        let lp = logits.subtract(&logits.logsumexp(&[-1], true)?)?;
+        let chosen = lp.take_along_axis(&token.reshape(&[1, 1])?.astype(Dtype::Int32)?, -1)?;
+        let k = (k as i32).min(lp.dim(-1)?);
+        let top = if k == 0 {
+            Array::zeros(&[1, 0], Dtype::Int32)?
+        } else {
+            lp.negative()?
+                .argpartition(k - 1, -1)?
+                .slice_axis(-1, 0, k)?
+        };
+        let top_lp = lp.take_along_axis(&top, -1)?;
+        Ok(Some((chosen, top, top_lp)))
     }
 }
+
+/// The lazy logprobs of one token: the chosen one's, the top ids and
+/// their logprobs.
+pub(crate) type LogprobArrays = (Array, Array, Array);
 
 /// The logprobs of a read step, the alternatives most likely first.
 pub(crate) fn read_logprobs(
     tokenizer: &Tokenizer,
-    (chosen, top, top_lp): &(Array, Array, Array),
+    (chosen, top, top_lp): &LogprobArrays,
 ) -> Result<TokenLogprobs> {
     let logprob = chosen.to_vec::<f32>()?.first().copied().unwrap_or(f32::NAN) as f64;
     let ids = top.to_vec::<u32>()?;
