@@ -176,6 +176,26 @@ fn greedy_requests_equal_single_generation_alone_and_among_31_others_on_every_fi
             assert_eq!(o.started, Some((prompt, 0)));
         }
         assert_eq!(engine.running(), 0);
+        // Again with the prefix cache on: repeated and shared prompts start
+        // from stored caches and give the same answers.
+        drop(engine);
+        let mut engine = model.engine(&EngineOptions::default()).unwrap();
+        let schedule: Vec<_> = (0..32u64)
+            .map(|id| {
+                let i = id as usize % inputs.len();
+                let request = EngineRequest::new(inputs[i].clone(), greedy(MAX));
+                ((id as usize * 5) % 13, id, request)
+            })
+            .collect();
+        let out = run(engine.as_mut(), schedule);
+        let mut hits = 0;
+        for (id, o) in &out {
+            let i = *id as usize % inputs.len();
+            assert_eq!(o.ids, want[i].0, "{}: request {id}, cached", dir.display());
+            assert_eq!(o.text, want[i].1, "{}: request {id}, cached", dir.display());
+            hits += usize::from(o.started.unwrap().1 > 0);
+        }
+        assert!(hits >= 8, "{}: {hits} prefix cache hits", dir.display());
     }
 }
 
@@ -738,4 +758,40 @@ fn rows_with_different_adapters_share_a_batch_and_each_equals_its_adapter_alone(
         // The model as loaded again once the engine is gone.
         assert_eq!(alone(&mut model, &inputs[3], &greedy(6)), want[&(None, 3)]);
     }
+}
+
+#[test]
+fn stop_strings_and_zero_max_tokens_end_requests_as_generate_does() {
+    let mut checked = 0;
+    for dir in fixture_models().iter().step_by(4) {
+        let mut model = NativeModel::load(dir).unwrap();
+        let inputs = inputs(dir);
+        let free = alone(&mut model, &inputs[5], &greedy(12));
+        let chars: Vec<char> = free.1.chars().collect();
+        if chars.len() < 8 {
+            continue;
+        }
+        let stop: String = chars[4..6].iter().collect();
+        let stopped = greedy(12).stop(stop.clone());
+        let want = alone(&mut model, &inputs[5], &stopped);
+        let mut engine = model.engine(&EngineOptions::default()).unwrap();
+        let out = run(
+            engine.as_mut(),
+            vec![
+                (0, 0, EngineRequest::new(inputs[5].clone(), stopped.clone())),
+                (0, 1, EngineRequest::new(inputs[2].clone(), greedy(0))),
+                (1, 2, EngineRequest::new(inputs[5].clone(), greedy(12))),
+            ],
+        );
+        assert_eq!(out[&0].text, want.1, "{}: stop {stop:?}", dir.display());
+        assert!(!out[&0].text.contains(&stop));
+        assert_eq!(out[&0].done.unwrap().0, StopReason::Stop);
+        assert_eq!(out[&0].done.unwrap().2, out[&0].ids.len());
+        assert_eq!(out[&2].text, free.1);
+        let (reason, _, completion, _) = out[&1].done.unwrap();
+        assert_eq!((reason, completion), (StopReason::MaxTokens, 0));
+        assert!(out[&1].ids.is_empty() && out[&1].started.is_some());
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} fixtures checked");
 }
