@@ -611,18 +611,25 @@ fn non_finite_logits_fail_their_request_alone() {
     let out = run(
         engine.as_mut(),
         vec![
+            // read together in one padded batch, and one joining later
             (0, 0, EngineRequest::new(a.clone(), greedy(8))),
-            (1, 1, EngineRequest::new(b.clone(), greedy(8))),
+            (0, 1, EngineRequest::new(b.clone(), greedy(8))),
+            (1, 2, EngineRequest::new(b.clone(), greedy(8))),
+            (1, 3, EngineRequest::new(a.clone(), greedy(8))),
         ],
     );
-    let failed = out[&1]
-        .failed
-        .as_deref()
-        .expect("the poisoned request fails");
-    assert!(failed.contains("non-finite"), "{failed}");
-    assert!(out[&1].done.is_none());
-    assert_eq!(out[&0].ids, want.0);
-    assert!(out[&0].done.is_some());
+    for id in [1, 2] {
+        let failed = out[&id]
+            .failed
+            .as_deref()
+            .expect("the poisoned request fails");
+        assert!(failed.contains("non-finite"), "{failed}");
+        assert!(out[&id].done.is_none());
+    }
+    for id in [0, 3] {
+        assert_eq!(out[&id].ids, want.0);
+        assert!(out[&id].done.is_some());
+    }
 }
 
 #[test]

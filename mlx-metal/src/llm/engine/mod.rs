@@ -10,10 +10,12 @@
 //!    (a finished row's cache goes to the prefix cache);
 //! 3. the next decode step for the remaining rows is built and started
 //!    (`async_eval`) before anything reads it;
-//! 4. waiting requests are prefilled, in arrival order, each in a one-row
-//!    batch of its own, at most `prefill_step_size` prompt tokens in all
-//!    per step (a long prompt takes several steps); a request whose prompt
-//!    is read samples its first token and joins the batch.
+//! 4. waiting requests are prefilled, in arrival order, at most
+//!    `prefill_step_size` prompt tokens in all per step: fresh prompts
+//!    that fit are read together in one left-padded batch, the others
+//!    (continuing a stored prefix, or too long) each in a one-row batch of
+//!    its own, over several steps if need be; a request whose prompt is
+//!    read samples its first token and joins the batch.
 //!
 //! Greedy rows are sampled together (one argmax over the batch); a row
 //! with temperature, a repetition penalty or a seed is sampled alone with
@@ -32,7 +34,7 @@ use inference::{
 };
 
 use crate::llm::batch::Batch;
-use crate::llm::generate::finite_witness;
+use crate::llm::generate::{finite_witness, PREFILL_STEP};
 use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::NativeModel;
 use crate::nn::lora::AdapterRows;
@@ -354,18 +356,26 @@ impl<'m> NativeEngine<'m> {
 
     /// Prefills waiting requests within the step's token budget; those
     /// whose prompt is read sample their first token and join the batch.
+    /// Fresh prompts that fit the budget whole are read together in one
+    /// left-padded batch; a prompt that continues a stored prefix, or is
+    /// too long for what is left of the budget, is read in its own
+    /// one-row batch, over several steps if need be.
     fn admit(&mut self, events: &mut Vec<EngineEvent>) -> Result<()> {
         let arch = self.model.architecture();
         let mut budget = self.options.prefill_step_size;
-        let mut in_progress = 0;
-        let mut joined = Vec::new();
+        // Requests in the queue's head left there this step (part-read, or
+        // to be read together).
+        let mut skipped = 0;
+        let mut together: Vec<RequestId> = Vec::new();
+        let mut joined: Vec<(Vec<Running<'m>>, Batch<'m>, Array)> = Vec::new();
+        let mut joining = 0;
         while budget > 0
-            && in_progress < self.waiting.len()
-            && self.rows.len() + joined.len() + in_progress < self.options.max_batch
+            && skipped < self.waiting.len()
+            && self.rows.len() + joining + skipped < self.options.max_batch
         {
-            let w = &mut self.waiting[in_progress];
+            let w = &mut self.waiting[skipped];
             if w.request.options.max_tokens == 0 {
-                let w = self.waiting.remove(in_progress).expect("in range");
+                let w = self.waiting.remove(skipped).expect("in range");
                 self.ids.remove(&w.id);
                 events.push(EngineEvent::Started {
                     id: w.id,
@@ -381,23 +391,27 @@ impl<'m> NativeEngine<'m> {
                 });
                 continue;
             }
-            let adapter = w.adapter;
-            if let Some(a) = &self.adapter_rows {
-                a.select(&[adapter], self.options.adapters.len())?;
-            }
-            let w = &mut self.waiting[in_progress];
             if w.prefill.is_none() {
-                let found = self.prefix.lookup(&w.prompt, w.adapter, &self.windows)?;
-                let (cached, caches) = match found {
-                    Some((n, caches)) => (n, caches),
-                    None => (0, arch.make_batch_caches(&[0])),
-                };
+                let (cached, caches) =
+                    match self.prefix.lookup(&w.prompt, w.adapter, &self.windows)? {
+                        Some(found) => found,
+                        None if w.prompt.len() <= budget => {
+                            budget -= w.prompt.len();
+                            together.push(w.id);
+                            skipped += 1;
+                            continue;
+                        }
+                        None => (0, arch.make_batch_caches(&[0])),
+                    };
                 w.prefill = Some(row::Prefill {
                     batch: Batch::with_caches(arch, caches, 1),
                     done: cached,
                     cached,
                 });
             }
+            let adapter = w.adapter;
+            self.select(&[adapter])?;
+            let w = &mut self.waiting[skipped];
             let p = w.prefill.as_mut().expect("set above");
             let rest = w.prompt.len() - p.done;
             let n = rest.min(budget);
@@ -410,36 +424,40 @@ impl<'m> NativeEngine<'m> {
             if n < rest {
                 p.batch.feed(&chunk)?;
                 p.done += n;
-                in_progress += 1;
+                skipped += 1;
                 continue;
             }
             let logits = p.batch.last_logits(&chunk)?;
-            let w = self.waiting.remove(in_progress).expect("in range");
-            let p = w.prefill.as_ref().expect("set above");
-            self.prefix
-                .store(&w.prompt, w.adapter, p.batch.caches(), 0)?;
-            let cached = p.cached;
-            events.push(EngineEvent::Started {
-                id: w.id,
-                prompt_tokens: w.prompt.len(),
-                cached_tokens: cached,
-            });
-            let mut w = w;
-            let prefill = w.prefill.take().expect("set above");
-            let running = Running::new(self.model.tokenizer(), w, cached)?;
-            joined.push((running, prefill.batch, logits));
+            let mut w = self.waiting.remove(skipped).expect("in range");
+            let p = w.prefill.take().expect("set above");
+            let rows = self.start(vec![w], &p.batch, p.cached, events)?;
+            joining += 1;
+            joined.push((rows, p.batch, logits));
+        }
+        if !together.is_empty() {
+            let (group, rest): (Vec<_>, Vec<_>) = self
+                .waiting
+                .drain(..)
+                .partition(|w| together.contains(&w.id));
+            self.waiting = rest.into();
+            let adapters: Vec<Option<usize>> = group.iter().map(|w| w.adapter).collect();
+            self.select(&adapters)?;
+            let prompts: Vec<&[u32]> = group.iter().map(|w| w.prompt.as_slice()).collect();
+            let (batch, logits) = Batch::prefill(arch, &prompts, PREFILL_STEP)?;
+            let rows = self.start(group, &batch, 0, events)?;
+            joined.push((rows, batch, logits));
         }
         if joined.is_empty() {
             return Ok(());
         }
         let first = self.rows.len();
         let mut logits = Vec::with_capacity(joined.len());
-        for (running, batch, l) in joined {
+        for (rows, batch, l) in joined {
             match &mut self.batch {
                 Some(b) => b.extend(batch)?,
                 None => self.batch = Some(batch),
             }
-            self.rows.push(running);
+            self.rows.extend(rows);
             logits.push(l);
         }
         let logits = Array::concatenate(&logits.iter().collect::<Vec<_>>(), 0)?;
@@ -454,6 +472,32 @@ impl<'m> NativeEngine<'m> {
             None => new,
         });
         Ok(())
+    }
+
+    /// Requests whose prompts `batch` has read (row `r` is `requests[r]`,
+    /// `cached` of each prompt from the prefix cache): stores their
+    /// prompts in the prefix cache, reports them started and makes their
+    /// rows.
+    fn start(
+        &mut self,
+        requests: Vec<Waiting<'_>>,
+        batch: &Batch<'_>,
+        cached: usize,
+        events: &mut Vec<EngineEvent>,
+    ) -> Result<Vec<Running<'m>>> {
+        requests
+            .into_iter()
+            .enumerate()
+            .map(|(r, w)| {
+                self.prefix.store(&w.prompt, w.adapter, batch.caches(), r)?;
+                events.push(EngineEvent::Started {
+                    id: w.id,
+                    prompt_tokens: w.prompt.len(),
+                    cached_tokens: cached,
+                });
+                Running::new(self.model.tokenizer(), w, cached)
+            })
+            .collect()
     }
 }
 
