@@ -316,11 +316,7 @@ impl<'m> NativeEngine<'m> {
             });
         }
         if keep.len() != self.rows.len() {
-            let mut r = 0;
-            self.rows.retain(|_| {
-                r += 1;
-                keep.contains(&(r - 1))
-            });
+            self.rows.retain(|row| row.row.reason.is_none());
             if self.rows.is_empty() {
                 self.batch = None;
             } else if let Some(b) = &mut self.batch {
