@@ -831,3 +831,65 @@ fn stop_strings_and_zero_max_tokens_end_requests_as_generate_does() {
     }
     assert!(checked >= 3, "{checked} fixtures checked");
 }
+
+#[test]
+fn at_most_max_batch_rows_run_and_a_part_read_prompt_can_be_cancelled() {
+    let dir = &fixture_models()[0];
+    let mut model = NativeModel::load(dir).unwrap();
+    let inputs = inputs(dir);
+    let want: Vec<_> = inputs
+        .iter()
+        .map(|i| alone(&mut model, i, &greedy(4)))
+        .collect();
+    let mut engine = model
+        .engine(
+            &EngineOptions::default()
+                .max_batch(3)
+                .prefill_step_size(8)
+                .prompt_cache_size(0),
+        )
+        .unwrap();
+    for (id, input) in inputs.iter().enumerate() {
+        engine
+            .submit(id as u64, EngineRequest::new(input.clone(), greedy(4)))
+            .unwrap();
+    }
+    let mut outcomes = BTreeMap::new();
+    let mut step = 0;
+    while engine.pending() > 0 {
+        record(&mut outcomes, engine.step().unwrap(), step);
+        assert!(
+            engine.running() <= 3,
+            "step {step}: {} rows",
+            engine.running()
+        );
+        step += 1;
+    }
+    for (id, o) in &outcomes {
+        assert_eq!(o.ids, want[*id as usize].0, "request {id}");
+    }
+    // The longest prompt, cancelled while it is being read.
+    let long = inputs.last().unwrap().clone();
+    let n = engine
+        .submit(20, EngineRequest::new(long, greedy(4)))
+        .unwrap();
+    assert!(n > 16);
+    let first = engine.step().unwrap();
+    assert!(first.is_empty(), "{first:?}");
+    engine.cancel(20);
+    let events = engine.step().unwrap();
+    assert!(
+        matches!(
+            events[..],
+            [EngineEvent::Done {
+                id: 20,
+                reason: StopReason::Cancelled,
+                prompt_tokens,
+                completion_tokens: 0,
+                ..
+            }] if prompt_tokens == n
+        ),
+        "{events:?}"
+    );
+    assert_eq!((engine.pending(), engine.running()), (0, 0));
+}
