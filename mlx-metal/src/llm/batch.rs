@@ -79,29 +79,49 @@ impl<'m> Batch<'m> {
         } else {
             model.make_batch_caches(&left)
         };
-        let mut batch = Batch {
-            model,
-            caches,
-            rows: prompts.len(),
-        };
+        let mut batch = Batch::with_caches(model, caches, prompts.len());
         // Whole chunks while more than one chunk is left, then the rest in
         // one pass whose last column alone goes through the output layer.
         let mut done = 0i32;
         while l - done > chunk {
             let n = chunk;
-            model.hidden(&tokens.slice_axis(1, done, done + n)?, &mut batch.caches)?;
-            let state: Vec<&Array> = batch.caches.iter().flat_map(|c| c.state()).collect();
-            eval(&state)?;
+            batch.feed(&tokens.slice_axis(1, done, done + n)?)?;
             done += n;
-            clear_cache()?;
         }
         let logits = batch.last_logits(&tokens.slice_axis(1, done, l)?)?;
         Ok((batch, logits))
     }
 
+    /// A batch of `rows` rows over `caches` (one per layer, batch caches
+    /// holding what the rows have read so far).
+    pub(crate) fn with_caches(
+        model: &'m dyn Architecture,
+        caches: Vec<KvCache>,
+        rows: usize,
+    ) -> Batch<'m> {
+        Batch {
+            model,
+            caches,
+            rows,
+        }
+    }
+
+    /// Runs `tokens` (`[rows, n]`) through the model for their keys and
+    /// values alone (no output layer) and evaluates the caches.
+    pub(crate) fn feed(&mut self, tokens: &Array) -> Result<()> {
+        self.model.hidden(tokens, &mut self.caches)?;
+        eval(&self.state())?;
+        clear_cache()
+    }
+
+    /// The caches, one per layer.
+    pub(crate) fn caches(&self) -> &[KvCache] {
+        &self.caches
+    }
+
     /// Runs `tokens` (`[rows, n]`) and returns the float32 logits of the last
     /// column, `[rows, vocab]`.
-    fn last_logits(&mut self, tokens: &Array) -> Result<Array> {
+    pub(crate) fn last_logits(&mut self, tokens: &Array) -> Result<Array> {
         let h = self.model.hidden(tokens, &mut self.caches)?;
         let n = h.dim(1)?;
         let logits = self.model.logits(&h.slice_axis(1, n - 1, n)?)?;
@@ -141,7 +161,7 @@ impl<'m> Batch<'m> {
     }
 
     /// The arrays to evaluate to materialise the caches.
-    fn state(&self) -> Vec<&Array> {
+    pub(crate) fn state(&self) -> Vec<&Array> {
         self.caches.iter().flat_map(|c| c.state()).collect()
     }
 }
@@ -254,25 +274,87 @@ pub fn classify(
         .collect())
 }
 
-/// One row of a batch generation.
-struct Row<'t> {
-    index: usize,
-    prompt_tokens: usize,
-    ids: Vec<u32>,
-    text: String,
+/// One generated sequence's text state, shared by batch generation and
+/// the serving engine: its ids, its detokenizer, the tokens held back while
+/// a multi-byte character or a stop string may be forming, and why it
+/// ended.
+pub(crate) struct Row<'t> {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Ids generated (EOS not included).
+    pub ids: Vec<u32>,
+    /// The text released so far.
+    pub text: String,
     detok: Detokenizer<'t>,
     held: Vec<Token>,
     stops: StopStrings,
-    reason: Option<StopReason>,
+    /// Why the row ended, once it has.
+    pub reason: Option<StopReason>,
 }
 
-impl Row<'_> {
+impl<'t> Row<'t> {
+    /// A row for a prompt of `prompt_tokens` that stops at `stops`.
+    pub fn new(tokenizer: &'t Tokenizer, prompt_tokens: usize, stops: &[String]) -> Row<'t> {
+        Row {
+            prompt_tokens,
+            ids: Vec::new(),
+            text: String::new(),
+            detok: tokenizer.detokenizer(),
+            held: Vec::new(),
+            stops: StopStrings::new(stops),
+            reason: None,
+        }
+    }
+
+    /// Takes the sampled token `id`: EOS ends the row; otherwise the token
+    /// is added and what the stop strings release goes to `out`; the row
+    /// ends on a stop string or when it has `max_tokens`.
+    pub fn accept(
+        &mut self,
+        id: u32,
+        eos: &[u32],
+        max_tokens: usize,
+        out: &mut Vec<Token>,
+    ) -> Result<()> {
+        if eos.contains(&id) {
+            self.reason = Some(StopReason::Eos);
+            return Ok(());
+        }
+        self.ids.push(id);
+        let text = self.detok.add(id)?;
+        self.held.push(Token::new(id, text));
+        if !self.detok.pending() {
+            self.release(out);
+        }
+        if self.reason.is_none() && self.ids.len() >= max_tokens {
+            self.reason = Some(StopReason::MaxTokens);
+        }
+        Ok(())
+    }
+
+    /// Ends the row for `reason` unless it already ended, and sends what
+    /// is still held to `out` (nothing after a stop string).
+    pub fn finish(&mut self, reason: StopReason, out: &mut Vec<Token>) -> Result<()> {
+        let reason = *self.reason.get_or_insert(reason);
+        if reason != StopReason::Stop {
+            let rest = self.detok.finish()?;
+            if let Some(last) = self.held.last_mut() {
+                last.text.push_str(&rest);
+            }
+            if !self.release(out) {
+                let rest = self.stops.finish();
+                self.emit(rest, out);
+            }
+        }
+        Ok(())
+    }
+
     /// Passes the held tokens through the stop strings and emits what they
     /// release; true (and the row stopped) when a stop string was reached.
-    fn release(&mut self, events: &mut VecDeque<BatchEvent>) -> bool {
+    fn release(&mut self, out: &mut Vec<Token>) -> bool {
         for t in std::mem::take(&mut self.held) {
-            let (out, hit) = self.stops.push(t);
-            self.emit(out, events);
+            let (released, hit) = self.stops.push(t);
+            self.emit(released, out);
             if hit {
                 self.reason = Some(StopReason::Stop);
                 return true;
@@ -281,14 +363,11 @@ impl Row<'_> {
         false
     }
 
-    /// Adds `tokens` to the row's text and to the events.
-    fn emit(&mut self, tokens: Vec<Token>, events: &mut VecDeque<BatchEvent>) {
+    /// Adds `tokens` to the row's text and to `out`.
+    fn emit(&mut self, tokens: Vec<Token>, out: &mut Vec<Token>) {
         for token in tokens {
             self.text.push_str(&token.text);
-            events.push_back(BatchEvent::Token {
-                index: self.index,
-                token,
-            });
+            out.push(token);
         }
     }
 }
@@ -303,7 +382,8 @@ pub struct BatchGeneration<'m> {
     batch_size: usize,
     waiting: VecDeque<(usize, Vec<u32>)>,
     batch: Option<Batch<'m>>,
-    rows: Vec<Row<'m>>,
+    /// The rows decoding, with their input index.
+    rows: Vec<(usize, Row<'m>)>,
     /// The tokens sampled for the current rows, not yet read.
     next: Option<Array>,
     /// Per row, the sum of the logits the tokens in `next` came from:
@@ -408,16 +488,10 @@ impl<'m> BatchGeneration<'m> {
             None => self.batch = Some(batch),
         }
         for (index, prompt) in group {
-            self.rows.push(Row {
+            self.rows.push((
                 index,
-                prompt_tokens: prompt.len(),
-                ids: Vec::new(),
-                text: String::new(),
-                detok: self.tokenizer.detokenizer(),
-                held: Vec::new(),
-                stops: StopStrings::new(&self.opts.stop),
-                reason: None,
-            });
+                Row::new(self.tokenizer, prompt.len(), &self.opts.stop),
+            ));
         }
         self.next = Some(next);
         Ok(())
@@ -437,60 +511,53 @@ impl<'m> BatchGeneration<'m> {
         if let Some(check) = self.check.take() {
             let sums = check.to_vec::<f32>()?;
             if let Some(r) = sums.iter().position(|s| !s.is_finite()) {
-                let row = self.rows.get(r).map_or(r, |row| row.index);
+                let row = self.rows.get(r).map_or(r, |(index, _)| *index);
                 return Err(crate::Error::NonFinite(format!(
                     "for input {row}, at its generated token {}",
-                    self.rows.get(r).map_or(0, |row| row.ids.len()) + 1
+                    self.rows.get(r).map_or(0, |(_, row)| row.ids.len()) + 1
                 )));
             }
         }
-        for (row, &id) in self.rows.iter_mut().zip(&ids) {
+        let mut out = Vec::new();
+        for ((index, row), &id) in self.rows.iter_mut().zip(&ids) {
             if cancelled {
                 row.reason = Some(StopReason::Cancelled);
-            } else if self.tokenizer.eos_ids().contains(&id) {
-                row.reason = Some(StopReason::Eos);
-            } else {
-                self.generated += 1;
-                row.ids.push(id);
-                let text = row.detok.add(id)?;
-                row.held.push(Token::new(id, text));
-                if !row.detok.pending() {
-                    row.release(&mut self.events);
-                }
-                if row.reason.is_none() && row.ids.len() >= self.opts.max_tokens {
-                    row.reason = Some(StopReason::MaxTokens);
-                }
+                continue;
             }
+            let before = row.ids.len();
+            row.accept(id, self.tokenizer.eos_ids(), self.opts.max_tokens, &mut out)?;
+            self.generated += row.ids.len() - before;
+            self.events
+                .extend(out.drain(..).map(|token| BatchEvent::Token {
+                    index: *index,
+                    token,
+                }));
         }
         // Finished rows: release what they held, report, and leave.
         let mut keep = Vec::new();
         let mut kept_tokens = Vec::new();
-        for (r, row) in self.rows.iter_mut().enumerate() {
+        for (r, (index, row)) in self.rows.iter_mut().enumerate() {
             let Some(reason) = row.reason else {
                 keep.push(r);
                 kept_tokens.push(ids[r] as i32);
                 continue;
             };
-            if reason != StopReason::Stop {
-                let rest = row.detok.finish()?;
-                if let Some(last) = row.held.last_mut() {
-                    last.text.push_str(&rest);
-                }
-                if !row.release(&mut self.events) {
-                    let rest = row.stops.finish();
-                    row.emit(rest, &mut self.events);
-                }
-            }
+            row.finish(reason, &mut out)?;
+            self.events
+                .extend(out.drain(..).map(|token| BatchEvent::Token {
+                    index: *index,
+                    token,
+                }));
             self.events.push_back(BatchEvent::Done(Completion::new(
-                row.index,
+                *index,
                 std::mem::take(&mut row.ids),
                 std::mem::take(&mut row.text),
-                row.reason.expect("finished"),
+                reason,
                 row.prompt_tokens,
             )));
         }
         if keep.len() != self.rows.len() {
-            self.rows.retain(|row| row.reason.is_none());
+            self.rows.retain(|(_, row)| row.reason.is_none());
             if self.rows.is_empty() {
                 self.batch = None;
             } else if let Some(b) = &mut self.batch {

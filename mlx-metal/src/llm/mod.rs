@@ -6,6 +6,7 @@ pub mod batch;
 pub mod chat_template;
 pub mod config;
 pub mod dtype;
+pub mod engine;
 pub mod generate;
 pub mod gguf;
 mod model;

@@ -342,4 +342,13 @@ impl TextModel for NativeModel {
     fn metrics(&self) -> Metrics {
         self.metrics
     }
+
+    fn engine(
+        &mut self,
+        options: &inference::EngineOptions,
+    ) -> inference::Result<Box<dyn inference::Engine + '_>> {
+        Ok(Box::new(crate::llm::engine::NativeEngine::new(
+            self, options,
+        )?))
+    }
 }

@@ -196,6 +196,43 @@ impl KvCache {
         self.as_batch()?.extend(other)
     }
 
+    /// Row `r`'s keys and values without its padding (`[1, heads, n,
+    /// dim]` each, copied out of the batch buffer), or `None` when the
+    /// cache no longer holds the row's whole history (a sliding-window
+    /// layer dropped its oldest columns) or holds nothing for it.
+    pub fn row_kv(&self, r: usize) -> Result<Option<(Array, Array)>> {
+        let KvCache::Batch(c) = self else {
+            return Err(Error::InvalidArgument("not a batch cache".into()));
+        };
+        let (Some((k, v)), Some(&left)) = (&c.kv, c.left.get(r)) else {
+            return Ok(None);
+        };
+        let from = left - c.start;
+        if from < 0 || from >= c.idx {
+            return Ok(None);
+        }
+        let row = |a: &Array| -> Result<Array> {
+            a.slice_axis(0, r as i32, r as i32 + 1)?
+                .slice_axis(2, from, c.idx)?
+                .contiguous()
+        };
+        Ok(Some((row(k)?, row(v)?)))
+    }
+
+    /// A one-row batch cache that has read the positions in `keys` and
+    /// `values` (`[1, heads, n, dim]`, as [`row_kv`](Self::row_kv) gives
+    /// them); `window` as for [`batch`](Self::batch).
+    pub fn batch_from_kv(keys: Array, values: Array, window: Option<i32>) -> Result<KvCache> {
+        let idx = keys.dim(2)?;
+        Ok(KvCache::Batch(BatchCache {
+            kv: Some((keys, values)),
+            idx,
+            left: vec![0],
+            window,
+            ..Default::default()
+        }))
+    }
+
     /// The window a cache was made for (`None`: full attention).
     pub fn window(&self) -> Option<i32> {
         match self {

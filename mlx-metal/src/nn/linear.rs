@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use crate::nn::lora::LoraLinear;
+use crate::nn::lora::{LoraLinear, MultiLora};
 use crate::nn::params::{join, Module, Visitor};
 use crate::{Array, Device, DeviceType, Dtype, Error, QuantizedWeight, Result};
 
@@ -65,6 +65,9 @@ pub enum Linear {
     },
     /// A base layer with a low-rank adapter (LoRA / DoRA).
     Lora(Box<LoraLinear>),
+    /// A base layer with per-row adapters (the serving engine's
+    /// per-request adapters).
+    Adapters(Box<MultiLora>),
 }
 
 impl Linear {
@@ -92,6 +95,7 @@ impl Linear {
                 }
             }
             Linear::Lora(l) => l.forward(x),
+            Linear::Adapters(m) => m.forward(x),
         }
     }
 
@@ -104,6 +108,7 @@ impl Linear {
                 weight.weight.dim(1)? * 32 / weight.bits,
             )),
             Linear::Lora(l) => l.base.dims(),
+            Linear::Adapters(m) => m.base.dims(),
         }
     }
 
@@ -115,6 +120,9 @@ impl Linear {
             Linear::Lora(_) => Err(Error::InvalidArgument(
                 "a LoRA layer has no single weight; fuse it first".into(),
             )),
+            Linear::Adapters(_) => Err(Error::InvalidArgument(
+                "a layer with per-request adapters has no single weight".into(),
+            )),
         }
     }
 
@@ -123,6 +131,7 @@ impl Linear {
         match self {
             Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref(),
             Linear::Lora(l) => l.base.bias(),
+            Linear::Adapters(m) => m.base.bias(),
         }
     }
 }
@@ -148,6 +157,7 @@ impl Module for Linear {
                 }
             }
             Linear::Lora(l) => l.visit(prefix, v)?,
+            Linear::Adapters(m) => m.base.visit(prefix, v)?,
         }
         Ok(())
     }

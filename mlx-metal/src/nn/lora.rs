@@ -4,6 +4,8 @@
 //! norm of the adapted weight. The base layer may be dense or quantised
 //! (QLoRA: the base stays 4/8-bit and frozen).
 
+use std::sync::{Arc, Mutex};
+
 use crate::nn::params::{join, Module, Visitor};
 use crate::nn::Linear;
 use crate::{random, Array, Dtype, Error, Result};
@@ -171,5 +173,92 @@ impl Module for LoraLinear {
             v.array(&join(prefix, "m"), m)?;
         }
         Ok(())
+    }
+}
+
+/// One adapter's low-rank update on one layer: `scale * (x @ a) @ b`.
+#[derive(Debug, Clone)]
+pub struct LoraDelta {
+    /// `[in, rank]`.
+    pub lora_a: Array,
+    /// `[rank, out]`.
+    pub lora_b: Array,
+    /// Multiplier of the update.
+    pub scale: f32,
+}
+
+impl LoraDelta {
+    /// `scale * (x @ a) @ b` in `x`'s dtype (as [`LoraLinear`] computes it).
+    fn apply(&self, x: &Array) -> Result<Array> {
+        x.matmul(&self.lora_a)?
+            .matmul(&self.lora_b)?
+            .mul_scalar(self.scale)?
+            .astype(x.dtype())
+    }
+}
+
+/// Which rows of the next forward pass each adapter of a [`MultiLora`]
+/// applies to: per adapter, a `[rows, 1, 1]` 0/1 mask, or `None` when no
+/// row uses it. One selection is shared by every layer of a model and set
+/// before each forward pass; the masks are read when the pass's graph is
+/// built.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterRows(Arc<Mutex<Vec<Option<Array>>>>);
+
+impl AdapterRows {
+    /// Selects, for each row of the next pass, its adapter (an index below
+    /// `adapters`, or `None` for the base model alone).
+    pub fn select(&self, rows: &[Option<usize>], adapters: usize) -> Result<()> {
+        let masks = (0..adapters)
+            .map(|j| {
+                if !rows.contains(&Some(j)) {
+                    return Ok(None);
+                }
+                let mask: Vec<f32> = rows
+                    .iter()
+                    .map(|r| if *r == Some(j) { 1.0 } else { 0.0 })
+                    .collect();
+                Array::from_slice(&mask, &[rows.len() as i32, 1, 1]).map(Some)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        *self.lock() = masks;
+        Ok(())
+    }
+
+    /// No adapter on any row (the base model alone).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Array>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A base layer with several adapters, each added to the rows that chose
+/// it: `y = base(x) + Σ_j mask_j ⊙ scale_j (x A_j) B_j`. The model is
+/// shared by every row; only the masks change between forward passes.
+#[derive(Debug, Clone)]
+pub struct MultiLora {
+    /// The layer as loaded (plain, quantised, or with its own adapter).
+    pub base: Linear,
+    /// Per adapter, its update on this layer (`None`: not adapted here).
+    pub adapters: Vec<Option<LoraDelta>>,
+    /// The rows each adapter applies to.
+    pub rows: AdapterRows,
+}
+
+impl MultiLora {
+    /// Applies the layer.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let mut y = self.base.forward(x)?;
+        let masks = self.rows.lock().clone();
+        for (delta, mask) in self.adapters.iter().zip(&masks) {
+            if let (Some(delta), Some(mask)) = (delta, mask) {
+                let z = delta.apply(x)?.multiply(&mask.astype(x.dtype())?)?;
+                y = y.add(&z)?;
+            }
+        }
+        Ok(y)
     }
 }
