@@ -41,6 +41,17 @@ pub struct NativeModel {
 }
 
 impl NativeModel {
+    /// Batched work reads prompts without the pipeline's hand-over between
+    /// ranks: refused on a pipelined model (one prompt at a time works).
+    fn refuse_pipelined(&self, what: &str) -> inference::Result<()> {
+        if self.architecture().pipelined() {
+            return Err(inference::Error::Unsupported(format!(
+                "{what} on a pipeline-parallel model (use tensor parallelism, or generate)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Loads a model directory (config.json, safetensors weights,
     /// tokenizer.json and, when present, the chat template) or a single
     /// `.gguf` file; computes in the default dtype ([`ComputeDtype::Auto`]).
@@ -284,6 +295,7 @@ impl TextModel for NativeModel {
         inputs: &[Input],
         opts: &ClassifyOptions,
     ) -> inference::Result<Vec<Classification>> {
+        self.refuse_pipelined("classification")?;
         let started = std::time::Instant::now();
         crate::reset_peak_memory()?;
         let prompts = self.encode_inputs(inputs)?;
@@ -308,6 +320,9 @@ impl TextModel for NativeModel {
         opts: &GenerateOptions,
         batch: &BatchOptions,
     ) -> BatchStream<'a> {
+        if let Err(e) = self.refuse_pipelined("batch generation") {
+            return BatchStream::failed(e);
+        }
         let prompts = match self.encode_inputs(inputs) {
             Ok(p) => p,
             Err(e) => return BatchStream::failed(e.into()),
@@ -347,6 +362,7 @@ impl TextModel for NativeModel {
         &mut self,
         options: &inference::EngineOptions,
     ) -> inference::Result<Box<dyn inference::Engine + '_>> {
+        self.refuse_pipelined("the serving engine")?;
         Ok(Box::new(crate::llm::engine::NativeEngine::new(
             self, options,
         )?))

@@ -102,7 +102,7 @@ pub fn shard_linear(layer: &Linear, split: Split, rank: i32, size: i32) -> Resul
                 bias,
             })
         }
-        Linear::Lora(_) => Err(Error::Unsupported(
+        Linear::Lora(_) | Linear::Adapters(_) => Err(Error::Unsupported(
             "tensor parallelism over a layer with an adapter (shard before attaching)".into(),
         )),
     }
