@@ -11,6 +11,7 @@ mod linked;
 mod loading;
 mod model_path;
 mod models;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Merge a fine-tuned adapter into a model's weights; writes a model directory.
     Fuse(fuse::FuseArgs),
+    /// Serve the model over HTTP: OpenAI- and Anthropic-compatible, with continuous batching.
+    Serve(serve::ServeArgs),
     /// Fine-tune a model (LoRA, DoRA or full) on a folder of JSONL data; writes an adapter.
     Train(train::TrainArgs),
 }
@@ -84,6 +87,7 @@ fn main() {
         Command::Models(args) => models::run(&args, &mut std::io::stdout()),
         Command::Train(args) => train::run(args),
         Command::Fuse(args) => fuse::run(&args),
+        Command::Serve(args) => serve::run(args),
     };
     use std::io::Write;
     let _ = std::io::stdout().flush();

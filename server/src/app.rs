@@ -205,6 +205,20 @@ pub async fn serve(config: ServerConfig, loader: ModelLoader) -> Result<(), Serv
     Ok(())
 }
 
+/// [`serve`] on a multi-threaded Tokio runtime of its own, for programs
+/// that are not async.
+pub fn serve_blocking(config: ServerConfig, loader: ModelLoader) -> Result<(), ServerError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .map_err(|source| ServerError::Io {
+            context: "cannot start the async runtime".into(),
+            source,
+        })?
+        .block_on(serve(config, loader))
+}
+
 /// SIGTERM or Ctrl-C.
 async fn signal() {
     let ctrl_c = async {
