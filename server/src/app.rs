@@ -132,7 +132,22 @@ pub async fn serve(config: ServerConfig, loader: ModelLoader) -> Result<(), Serv
         source,
     })?;
     eprintln!("listening on http://{local}");
+    serve_on(listener, config, loader, async {
+        signal().await;
+        eprintln!("shutting down: finishing running requests");
+    })
+    .await
+}
 
+/// [`serve`] on a bound `listener`, shutting down (gracefully, as there)
+/// when `shutdown` completes instead of on a signal.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    loader: ModelLoader,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::new(metrics.clone()));
     let (submitter, jobs) = Submitter::new(config.max_queue, metrics);
@@ -172,7 +187,7 @@ pub async fn serve(config: ServerConfig, loader: ModelLoader) -> Result<(), Serv
         let (app, abort, failed) = (app.clone(), abort.clone(), load_failed.clone());
         async move {
             tokio::select! {
-                _ = signal() => eprintln!("shutting down: finishing running requests"),
+                _ = shutdown => {}
                 _ = failed.cancelled() => {}
             }
             app.shutting_down.store(true, Ordering::SeqCst);

@@ -35,7 +35,7 @@ pub mod metrics;
 mod routes;
 mod sse;
 
-pub use app::{router, serve, serve_blocking, App};
+pub use app::{router, serve, serve_blocking, serve_on, App};
 pub use config::{parse_adapters, ServerConfig};
 pub use engine_thread::ModelLoader;
 pub use errors::{ApiError, Dialect, ServerError};
