@@ -276,7 +276,15 @@ pub fn run_engine(
             return Ok(());
         }
         metrics.set_running(engine.running());
-        let events = match engine.step() {
+        // A panic inside the engine is a broken step, not a dead server.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
+            .unwrap_or_else(|_| {
+                Err(inference::Error::backend(
+                    "engine",
+                    "the batching engine panicked",
+                ))
+            });
+        let events = match step {
             Ok(events) => events,
             Err(e) => {
                 for (_, l) in live.drain() {
@@ -415,7 +423,14 @@ pub fn run_serial(
             })
         };
         metrics.set_running(1);
-        serve_one(model, &job, cancel.clone(), metrics);
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve_one(model, &job, cancel.clone(), metrics)
+        }));
+        if served.is_err() {
+            let _ = job.events.send(Event::Failed(ServerError::Internal(
+                "generation panicked".into(),
+            )));
+        }
         metrics.set_running(0);
         cancel.cancel();
         drop(watcher);

@@ -32,6 +32,8 @@ struct Fake {
     fail: Option<RequestId>,
     /// `step` itself fails at this step number.
     break_at: Option<usize>,
+    /// `step` panics at this step number.
+    panic_at: Option<usize>,
 }
 
 impl Fake {
@@ -41,6 +43,7 @@ impl Fake {
             log,
             fail: None,
             break_at: None,
+            panic_at: None,
         }
     }
 }
@@ -81,8 +84,10 @@ impl Engine for Fake {
         if self.break_at == Some(log.steps.len()) {
             return Err(inference::Error::backend("fake", "the device is gone"));
         }
+        let panic = self.panic_at == Some(log.steps.len());
         log.steps.push(self.rows.iter().map(|r| r.id).collect());
         drop(log);
+        assert!(!panic, "the fake engine panics on purpose");
         let mut events = Vec::new();
         let fail = self.fail;
         self.rows.retain_mut(|r| {
@@ -330,6 +335,18 @@ fn a_broken_step_fails_every_request_in_the_engine_and_abort_cancels_all() {
     let mut a = submitter.submit(request("a", 100)).unwrap();
     let (_, end) = drain(&mut a);
     assert!(matches!(&end, Event::Failed(e) if e.to_string().contains("device is gone")));
+    assert!(thread.join().unwrap().is_err());
+
+    // A panicking step is a broken step: the thread lives to tell.
+    let mut fake = Fake::new(Arc::new(Mutex::new(Log::default())));
+    fake.panic_at = Some(1);
+    let (submitter, thread, _, _) = start(fake, 8, 16);
+    let mut a = submitter.submit(request("a", 100)).unwrap();
+    let (_, end) = drain(&mut a);
+    assert!(
+        matches!(&end, Event::Failed(e) if e.to_string().contains("panicked")),
+        "{end:?}"
+    );
     assert!(thread.join().unwrap().is_err());
 
     let log = Arc::new(Mutex::new(Log::default()));
