@@ -296,6 +296,11 @@ fn every_error_has_its_status_and_shape() {
     assert_openai_error(&r, 400, "n must be 1");
     assert_eq!(r.json()["error"]["param"], "n");
     assert_openai_error(
+        &post("/v1/completions", r#"{"prompt": "Hi", "best_of": 2}"#),
+        400,
+        "best_of",
+    );
+    assert_openai_error(
         &post("/v1/completions", r#"{"prompt": "Hi", "temperature": -1}"#),
         400,
         "temperature",
@@ -449,6 +454,15 @@ fn a_full_queue_is_429_and_a_disconnect_frees_the_row() {
         b.join().unwrap()
     });
     assert_eq!(r.status, 200, "{}", r.text());
+    // a was cancelled, not run to its 8000 tokens.
+    let m = server.get("/metrics").unwrap().text();
+    let generated: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("mlx_infer_generated_tokens_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(generated < 8000, "{generated} tokens generated");
 }
 
 #[test]

@@ -96,6 +96,8 @@ struct CompletionRequest {
     #[serde(default)]
     n: Option<u64>,
     #[serde(default)]
+    best_of: Option<u64>,
+    #[serde(default)]
     adapter: Option<String>,
 }
 
@@ -346,6 +348,12 @@ pub async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
 async fn completions_inner(app: &App, body: Body) -> Result<Response, ServerError> {
     let req: CompletionRequest = read_json(app, body).await?;
     check_n(req.n)?;
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ServerError::bad_param(
+            "best_of",
+            "best_of must be 1: this server generates one choice per request",
+        ));
+    }
     let adapter = resolve_model(app, req.model.as_deref(), req.adapter.as_deref())?;
     let prompt = match req.prompt {
         OneOrMany::One(p) => p,
