@@ -202,6 +202,11 @@ pub fn run(
     loop {
         let served = match model.engine(&options) {
             Ok(mut engine) => {
+                if !engine_broke {
+                    eprintln!(
+                        "serving with continuous batching (at most {max_batch} requests at once)"
+                    );
+                }
                 shared.batching.store(true, Ordering::SeqCst);
                 shared.set_status(Status::Ready);
                 run_engine(engine.as_mut(), &jobs, &shared.metrics, &abort, max_batch)
@@ -222,6 +227,10 @@ pub fn run(
         }
     }
     shared.batching.store(false, Ordering::SeqCst);
+    eprintln!(
+        "serving one request at a time (the {} backend has no batching engine)",
+        model.info().backend
+    );
     shared.set_status(Status::Ready);
     run_serial(model.as_mut(), &jobs, &shared.metrics, &abort, &runtime);
     Ok(())

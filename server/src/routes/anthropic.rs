@@ -96,15 +96,12 @@ async fn inner(app: &App, body: Body) -> Result<Response, ServerError> {
         ));
     };
     let stops = req.stop_sequences.unwrap_or_default();
-    let mut sampling = req.sampling;
-    // Anthropic's default temperature is 1, as OpenAI's.
-    sampling.min_p = None;
-    sampling.repetition_penalty = None;
+    // Anthropic's default temperature is 1, as OpenAI's; `options` applies it.
     let opts = options(
         app,
         Some(max_tokens),
         "max_tokens",
-        &sampling,
+        &req.sampling,
         stops.clone(),
     )?;
     let mut msgs = Vec::new();

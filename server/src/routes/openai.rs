@@ -203,9 +203,6 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ServerError> {
             model,
             include_usage,
             logprobs: logprobs.is_some(),
-            sent_role: false,
-            prompt_tokens: 0,
-            cached_tokens: 0,
         };
         return Ok(sse::respond(first, rx, format));
     }
@@ -260,9 +257,6 @@ struct ChatStream {
     model: String,
     include_usage: bool,
     logprobs: bool,
-    sent_role: bool,
-    prompt_tokens: usize,
-    cached_tokens: usize,
 }
 
 impl ChatStream {
@@ -284,22 +278,14 @@ impl ChatStream {
 impl StreamFormat for ChatStream {
     fn event(&mut self, event: Event) -> (Vec<SseEvent>, bool) {
         match event {
-            Event::Started {
-                prompt_tokens,
-                cached_tokens,
-            } => {
-                self.prompt_tokens = prompt_tokens;
-                self.cached_tokens = cached_tokens;
-                self.sent_role = true;
-                (
-                    vec![self.chunk(
-                        json!({"role": "assistant", "content": ""}),
-                        Value::Null,
-                        None,
-                    )],
-                    false,
-                )
-            }
+            Event::Started { .. } => (
+                vec![self.chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                    None,
+                )],
+                false,
+            ),
             Event::Token { token, logprobs } => {
                 let lp = if self.logprobs {
                     json!({"content": [chat_logprob(&token, logprobs.as_ref())]})
