@@ -607,3 +607,41 @@ fn sigterm_ends_streams_and_exits_zero() {
     // The port is closed.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// The server's `mlx_infer_NAME` figure.
+fn metric(server: &Server, name: &str) -> u64 {
+    let m = server.get("/metrics").unwrap().text();
+    let prefix = format!("mlx_infer_{name} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name} in {m}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_non_streamed_request_whose_client_leaves_is_cancelled() {
+    let dir = fixtures().join("phi3");
+    let server = Server::start(&dir, &["--max-tokens", "8000"]);
+    let body = completion("Once", false, 8000).to_string();
+    let conn = send(
+        server.port,
+        "POST",
+        "/v1/completions",
+        &[],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    let port = server.port;
+    within(Duration::from_secs(60), "the request runs", move || loop {
+        let m = request(port, "GET", "/metrics", &[], None).unwrap().text();
+        if m.contains("mlx_infer_running_requests 1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    });
+    drop(conn);
+    let r = server.post("/v1/completions", &completion("Hi", false, 3));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(metric(&server, "generated_tokens_total") < 8000);
+}

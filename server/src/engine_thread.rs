@@ -259,6 +259,7 @@ pub fn run_engine(
     loop {
         if open && engine.pending() == 0 {
             metrics.set_running(0);
+            metrics.set_engine_waiting(0);
             match jobs.recv() {
                 Ok(job) => admit(engine, job, &mut live, metrics, abort),
                 Err(_) => open = false,
@@ -282,9 +283,11 @@ pub fn run_engine(
                 continue;
             }
             metrics.set_running(0);
+            metrics.set_engine_waiting(0);
             return Ok(());
         }
         metrics.set_running(engine.running());
+        metrics.set_engine_waiting(engine.pending().saturating_sub(engine.running()));
         // A panic inside the engine is a broken step, not a dead server.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
             .unwrap_or_else(|_| {
@@ -305,6 +308,7 @@ pub fn run_engine(
                         ))));
                 }
                 metrics.set_running(0);
+                metrics.set_engine_waiting(0);
                 return Err(e);
             }
         };

@@ -49,6 +49,7 @@ pub struct Metrics {
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     queue_depth: AtomicUsize,
+    engine_waiting: AtomicUsize,
     running: AtomicUsize,
     ttft: Mutex<Histogram>,
     itl: Mutex<Histogram>,
@@ -81,9 +82,15 @@ impl Metrics {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
     }
 
-    /// Requests waiting in the submit queue.
+    /// Requests waiting for a row: in the submit queue, or admitted to the
+    /// engine but not decoding yet.
     pub fn queue_depth(&self) -> usize {
-        self.queue_depth.load(Ordering::Relaxed)
+        self.queue_depth.load(Ordering::Relaxed) + self.engine_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Sets the number of requests inside the engine that are not decoding yet.
+    pub fn set_engine_waiting(&self, n: usize) {
+        self.engine_waiting.store(n, Ordering::Relaxed);
     }
 
     /// Sets the number of requests decoding now.
@@ -143,8 +150,8 @@ impl Metrics {
         let gauges = [
             (
                 "mlx_infer_queue_depth",
-                "Requests waiting in the submit queue.",
-                self.queue_depth.load(Ordering::Relaxed),
+                "Requests waiting for a row (submit queue and engine).",
+                self.queue_depth(),
             ),
             (
                 "mlx_infer_running_requests",
