@@ -645,3 +645,91 @@ fn a_non_streamed_request_whose_client_leaves_is_cancelled() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(metric(&server, "generated_tokens_total") < 8000);
 }
+
+#[test]
+fn the_mlxlm_backend_is_served_one_request_at_a_time() {
+    let dir = fixtures().join("qwen3");
+    let server = Server::start(&dir, &["--backend", "mlxlm"]);
+    let health = server.get("/health").unwrap().json();
+    assert_eq!(health["backend"], "mlxlm");
+    assert_eq!(health["batching"], false);
+    let out = cli()
+        .args([
+            "generate",
+            "--backend",
+            "mlxlm",
+            "--temperature",
+            "0",
+            "--json",
+        ])
+        .args([
+            "--max-tokens",
+            &MAX.to_string(),
+            "--prompt",
+            "Hello, my name is",
+            "--model",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: String = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<Value>(l).ok()?["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let port = server.port;
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let want = want.clone();
+            std::thread::spawn(move || {
+                let body = completion("Hello, my name is", i % 2 == 0, MAX).to_string();
+                let r =
+                    request(port, "POST", "/v1/completions", &[], Some(body.as_bytes())).unwrap();
+                assert_eq!(answer_text(&r, i % 2 == 0), want);
+            })
+        })
+        .collect();
+    within(Duration::from_secs(300), "mlxlm requests", move || {
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    // Logprobs need a batching engine.
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2, "logprobs": 2}),
+    );
+    assert_openai_error(&r, 400, "batching engine");
+}
+
+#[test]
+fn bad_flags_are_refused_before_serving() {
+    let dir = fixtures().join("qwen3");
+    for (args, needle) in [
+        (&["--adapters", "fr"][..], "NAME=DIR"),
+        (&["--max-batch", "0"][..], "--max-batch"),
+        (&["--max-queue", "0"][..], "--max-queue"),
+    ] {
+        let out = cli()
+            .arg("serve")
+            .arg("--model")
+            .arg(&dir)
+            .args(["--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
+}
