@@ -12,6 +12,7 @@ mod linked;
 mod loading;
 mod model_path;
 mod models;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Merge a fine-tuned adapter into a model's weights; writes a model directory.
     Fuse(fuse::FuseArgs),
+    /// Serve the model over HTTP: OpenAI- and Anthropic-compatible, with continuous batching.
+    Serve(serve::ServeArgs),
     /// Fine-tune a model (LoRA, DoRA or full) on a folder of JSONL data; writes an adapter.
     Train(train::TrainArgs),
     /// Run an mlx-infer command as N local processes of a distributed group (ring over loopback).
@@ -88,6 +91,7 @@ fn main() {
         Command::Train(args) => train::run(args),
         Command::Launch(args) => launch::run(args),
         Command::Fuse(args) => fuse::run(&args),
+        Command::Serve(args) => serve::run(args),
     };
     use std::io::Write;
     let _ = std::io::stdout().flush();

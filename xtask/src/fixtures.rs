@@ -16,10 +16,24 @@ use crate::build_mlx::{cache_root, run_logged, short_hash, MLX_VERSION};
 use crate::process::{root, succeeds};
 
 const MLX_LM_VERSION: &str = "0.32.2";
+/// The official API clients the server's tests and `bench serve` drive
+/// `mlx-infer serve` with.
+const OPENAI_VERSION: &str = "3.54.0";
+const ANTHROPIC_VERSION: &str = "2.12.0";
 const SCRIPT: &str = include_str!("../python/make_fixtures.py");
 
-/// The packages the environment holds.
+/// The packages the environment holds: what makes the fixtures, and the
+/// API clients.
 fn requirements() -> Vec<String> {
+    let mut reqs = model_requirements();
+    reqs.push(format!("openai=={OPENAI_VERSION}"));
+    reqs.push(format!("anthropic=={ANTHROPIC_VERSION}"));
+    reqs
+}
+
+/// The packages the fixtures depend on (their stamp names these only, so
+/// adding a client library does not remake them).
+fn model_requirements() -> Vec<String> {
     let mlx = if cfg!(target_os = "linux") {
         format!("mlx[cpu]=={MLX_VERSION}")
     } else {
@@ -69,7 +83,7 @@ pub fn python_env() -> Result<PathBuf> {
 pub fn run() -> Result<PathBuf> {
     let python = python_env()?;
     let out = root().join("fixtures");
-    let key = format!("{}\n{}", requirements().join(" "), short_hash(SCRIPT));
+    let key = format!("{}\n{}", model_requirements().join(" "), short_hash(SCRIPT));
     let stamp = out.join("stamp.txt");
     if fs::read_to_string(&stamp).ok() == Some(key.clone()) && out.join("index.json").is_file() {
         write_python_wrapper(&out, &python)?;

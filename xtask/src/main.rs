@@ -9,10 +9,12 @@
 //! - `cargo xtask bench ops`: single MLX operations, mlx-metal vs Python MLX.
 //! - `cargo xtask bench classify|batch`: batched inference, mlx_lm vs mlx-infer.
 //! - `cargo xtask bench train`: LoRA training tokens/s and peak memory, mlx_lm vs mlx-infer.
+//! - `cargo xtask bench serve`: `mlx_lm.server` vs `mlx-infer serve` under concurrent streams.
 
 mod bench;
 mod bench_batch;
 mod bench_ops;
+mod bench_serve;
 mod bench_train;
 mod blas;
 mod build_mlx;
@@ -76,6 +78,9 @@ enum BenchWhat {
     Batch(bench_batch::Options),
     /// LoRA training tokens/s and peak memory, mlx_lm vs mlx-infer.
     Train(bench_train::Options),
+    /// Generation tok/s and time to first token under 1, 8, 32 concurrent
+    /// streams, `mlx_lm.server` vs `mlx-infer serve`.
+    Serve(bench_serve::Options),
 }
 
 fn main() {
@@ -94,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
             Some(BenchWhat::Classify(opts)) => bench_batch::run(bench_batch::Mode::Classify, &opts),
             Some(BenchWhat::Batch(opts)) => bench_batch::run(bench_batch::Mode::Batch, &opts),
             Some(BenchWhat::Train(opts)) => bench_train::run(&opts),
+            Some(BenchWhat::Serve(opts)) => bench_serve::run(&opts),
             None => bench::run(&args.model),
         },
         Command::DefaultModel => default_model::run().map(|_| ()),
