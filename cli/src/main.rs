@@ -72,7 +72,17 @@ impl log::Log for Warnings {
     fn flush(&self) {}
 }
 
+/// CUDA graphs MLX's CUDA backend may keep. Its default, 400, is an error
+/// (not a slowdown) once exceeded, and a serving batch whose shape changes
+/// as requests join and leave needs more; users who set the variable keep
+/// their value.
+const CUDA_GRAPH_CACHE_SIZE: &str = "4096";
+
 fn main() {
+    // Set before any thread starts and before MLX reads it.
+    if std::env::var_os("MLX_CUDA_GRAPH_CACHE_SIZE").is_none() {
+        std::env::set_var("MLX_CUDA_GRAPH_CACHE_SIZE", CUDA_GRAPH_CACHE_SIZE);
+    }
     linked::ensure_linked();
     static WARNINGS: Warnings = Warnings;
     if log::set_logger(&WARNINGS).is_ok() {

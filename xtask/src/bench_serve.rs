@@ -37,6 +37,22 @@ pub struct Options {
     /// check that the bench works, not for figures).
     #[arg(long)]
     pub debug: bool,
+    /// Run this mlx-infer binary instead of building one (e.g. on a
+    /// machine without a Rust toolchain, such as the GPU device).
+    #[arg(long)]
+    pub cli: Option<PathBuf>,
+    /// Run mlx_lm and the client with this Python (default: the managed
+    /// environment).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Run mlx_lm.server on this build's libmlx.so (with OpenBLAS) instead
+    /// of the one pip installed, as `cargo xtask bench` does for its
+    /// same-build line.
+    #[arg(long)]
+    pub same_build: bool,
+    /// The dtype mlx-infer computes in (`--dtype` of serve).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
 }
 
 /// A server process, killed on drop.
@@ -78,9 +94,13 @@ fn wait_ready(python: &Path, url: &str, child: &mut Child) -> Result<()> {
     bail!("{url} did not answer within two minutes")
 }
 
-fn start_mlx_lm(python: &Path, model: &Path) -> Result<(Server, String)> {
+fn start_mlx_lm(python: &Path, model: &Path, preload: Option<&Path>) -> Result<(Server, String)> {
     let port = free_port()?;
-    let child = Command::new(python)
+    let mut cmd = Command::new(python);
+    if let Some(lib) = preload {
+        cmd.env("LD_PRELOAD", lib);
+    }
+    let child = cmd
         .args(["-m", "mlx_lm", "server", "--model"])
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -103,12 +123,15 @@ fn start_mlx_infer(
     cli: &Path,
     model: &Path,
     max_batch: usize,
+    dtype: &str,
 ) -> Result<(Server, String)> {
     let mut child = Command::new(cli)
         .args([
             "serve",
             "--port",
             "0",
+            "--dtype",
+            dtype,
             "--max-batch",
             &max_batch.to_string(),
             "--model",
@@ -187,19 +210,37 @@ pub fn run(opts: &Options) -> Result<()> {
     {
         bail!("--concurrency levels, --runs, --max-tokens and --requests-per-client must be at least 1");
     }
-    crate::build_mlx::run(&crate::build_mlx::Options::default())?;
-    let python = crate::fixtures::python_env()?;
-    let mut build = crate::process::cargo();
-    build.args(["build", "--quiet", "-p", "mlx-infer-cli"]);
-    if !opts.debug {
-        build.arg("--release");
-    }
-    run_visible(build, "cargo build")?;
-    let cli = root().join(if opts.debug {
-        "target/debug/mlx-infer"
+    let python = match &opts.python {
+        Some(p) => p.clone(),
+        None => {
+            crate::build_mlx::run(&crate::build_mlx::Options::default())?;
+            crate::fixtures::python_env()?
+        }
+    };
+    let cli = match &opts.cli {
+        Some(c) => c.clone(),
+        None => {
+            let mut build = crate::process::cargo();
+            build.args(["build", "--quiet", "-p", "mlx-infer-cli"]);
+            if !opts.debug {
+                build.arg("--release");
+            }
+            run_visible(build, "cargo build")?;
+            root().join(if opts.debug {
+                "target/debug/mlx-infer"
+            } else {
+                "target/release/mlx-infer"
+            })
+        }
+    };
+    let preload = if opts.same_build {
+        Some(
+            crate::bench::build_libmlx()?
+                .context("no libmlx.so of this build (run cargo xtask build-mlx)")?,
+        )
     } else {
-        "target/release/mlx-infer"
-    });
+        None
+    };
     let model = match &opts.model {
         Some(m) => m.clone(),
         None => crate::bench_batch::default_model(&cli)?,
@@ -209,8 +250,8 @@ pub fn run(opts: &Options) -> Result<()> {
         "starting mlx_lm.server and mlx-infer serve on {}",
         model.display()
     );
-    let (_ref_server, ref_base) = start_mlx_lm(&python, &model)?;
-    let (_our_server, our_base) = start_mlx_infer(&python, &cli, &model, max_level)?;
+    let (_ref_server, ref_base) = start_mlx_lm(&python, &model, preload.as_deref())?;
+    let (_our_server, our_base) = start_mlx_infer(&python, &cli, &model, max_level, &opts.dtype)?;
     // mlx_lm.server names the model by its path; mlx-infer by its folder name.
     let names = [
         model.to_string_lossy().into_owned(),
