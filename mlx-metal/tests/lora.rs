@@ -268,7 +268,13 @@ fn compiled_steps(
 /// correction).
 fn check_steps(fixture: &str, optimizer: &str, lr: f32, steps: usize, compiled: bool) {
     let config = lora_config(FineTuneType::Lora);
-    let (mut model, trainable, dir) = prepare(fixture, &config, &format!("train-{optimizer}"));
+    let (mut model, trainable, dir) = prepare(
+        fixture,
+        &config,
+        // tests run in parallel: the compiled and eager runs of one
+        // optimiser need folders of their own
+        &format!("train-{optimizer}-compiled{compiled}"),
+    );
     let (name, bias_correction) = match optimizer.strip_suffix("-bc") {
         Some(name) => (name, true),
         None => (optimizer, false),

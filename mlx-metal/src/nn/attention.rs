@@ -5,6 +5,7 @@
 use crate::fast::scaled_dot_product_attention;
 use crate::llm::weights::Weights;
 use crate::nn::cache::{KvCache, Mask};
+use crate::nn::joined::Joined;
 use crate::nn::params::{join, Module, Visitor};
 use crate::nn::{Linear, RmsNorm, Rope};
 use crate::{Array, Dtype, Result};
@@ -68,8 +69,22 @@ pub struct AttentionConfig {
 
 #[derive(Debug, Clone)]
 enum Qkv {
-    Separate { q: Linear, k: Linear, v: Linear },
+    /// Stored apart; joined into one product while nothing replaces them.
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        joined: Option<Joined>,
+    },
     Fused(Linear),
+}
+
+impl Qkv {
+    /// Separate projections, joined when they can be.
+    fn separate(mut q: Linear, mut k: Linear, mut v: Linear) -> Result<Qkv> {
+        let joined = Joined::join(&mut [&mut q, &mut k, &mut v])?;
+        Ok(Qkv::Separate { q, k, v, joined })
+    }
 }
 
 /// An attention block.
@@ -96,11 +111,11 @@ impl Attention {
         } = c.heads;
         let (q_out, kv_out) = (heads * head_dim, kv_heads * head_dim);
         let qkv = match c.layout {
-            QkvLayout::Separate => Qkv::Separate {
-                q: w.linear(&format!("{prefix}.q_proj"), hidden, q_out, c.qkv_bias)?,
-                k: w.linear(&format!("{prefix}.k_proj"), hidden, kv_out, c.qkv_bias)?,
-                v: w.linear(&format!("{prefix}.v_proj"), hidden, kv_out, c.qkv_bias)?,
-            },
+            QkvLayout::Separate => Qkv::separate(
+                w.linear(&format!("{prefix}.q_proj"), hidden, q_out, c.qkv_bias)?,
+                w.linear(&format!("{prefix}.k_proj"), hidden, kv_out, c.qkv_bias)?,
+                w.linear(&format!("{prefix}.v_proj"), hidden, kv_out, c.qkv_bias)?,
+            )?,
             QkvLayout::Fused => Qkv::Fused(w.linear(
                 &format!("{prefix}.qkv_proj"),
                 hidden,
@@ -139,7 +154,16 @@ impl Attention {
             ..
         } = self.heads;
         let (q, k, v) = match &self.qkv {
-            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Separate {
+                joined: Some(j), ..
+            } => {
+                let [q, k, v]: [Array; 3] = j
+                    .forward(x)?
+                    .try_into()
+                    .map_err(|_| crate::Error::InvalidArgument("qkv split".into()))?;
+                (q, k, v)
+            }
+            Qkv::Separate { q, k, v, .. } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             Qkv::Fused(qkv) => {
                 let q_end = heads * head_dim;
                 let parts = qkv
@@ -190,16 +214,16 @@ impl Attention {
                 "{heads} query and {kv_heads} key/value heads cannot be split evenly over {size} ranks"
             )));
         }
-        let Qkv::Separate { q, k, v } = &self.qkv else {
+        let Qkv::Separate { q, k, v, .. } = &self.qkv else {
             return Err(crate::Error::Unsupported(
                 "tensor parallelism over a fused qkv_proj".into(),
             ));
         };
-        self.qkv = Qkv::Separate {
-            q: shard_linear(q, Split::Outputs, rank, size)?,
-            k: shard_linear(k, Split::Outputs, rank, size)?,
-            v: shard_linear(v, Split::Outputs, rank, size)?,
-        };
+        self.qkv = Qkv::separate(
+            shard_linear(q, Split::Outputs, rank, size)?,
+            shard_linear(k, Split::Outputs, rank, size)?,
+            shard_linear(v, Split::Outputs, rank, size)?,
+        )?;
         self.o_proj = shard_linear(&self.o_proj, Split::Inputs, rank, size)?;
         self.heads.heads = heads / size;
         self.heads.kv_heads = kv_heads / size;
@@ -267,10 +291,18 @@ fn masked(scores: &Array, keep: &Array) -> Result<Array> {
 impl Module for Attention {
     fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
         match &mut self.qkv {
-            Qkv::Separate { q, k, v: vp } => {
+            Qkv::Separate {
+                q,
+                k,
+                v: vp,
+                joined,
+            } => {
                 q.visit(&join(prefix, "q_proj"), v)?;
                 k.visit(&join(prefix, "k_proj"), v)?;
                 vp.visit(&join(prefix, "v_proj"), v)?;
+                if joined.as_ref().is_some_and(|j| !j.matches(&[q, k, vp])) {
+                    *joined = None;
+                }
             }
             Qkv::Fused(qkv) => qkv.visit(&join(prefix, "qkv_proj"), v)?,
         }

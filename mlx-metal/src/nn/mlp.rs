@@ -3,14 +3,28 @@
 
 use crate::llm::weights::Weights;
 use crate::nn::activation::{gated, Activation};
+use crate::nn::joined::Joined;
 use crate::nn::params::{join, Module, Visitor};
 use crate::nn::Linear;
 use crate::{Array, Error, Result};
 
 #[derive(Debug, Clone)]
 enum GateUp {
-    Separate { gate: Linear, up: Linear },
+    /// Stored apart; joined into one product while nothing replaces them.
+    Separate {
+        gate: Linear,
+        up: Linear,
+        joined: Option<Joined>,
+    },
     Fused(Linear),
+}
+
+impl GateUp {
+    /// Separate projections, joined when they can be.
+    fn separate(mut gate: Linear, mut up: Linear) -> Result<GateUp> {
+        let joined = Joined::join(&mut [&mut gate, &mut up])?;
+        Ok(GateUp::Separate { gate, up, joined })
+    }
 }
 
 /// A gated MLP.
@@ -32,10 +46,10 @@ impl Mlp {
         activation: Activation,
     ) -> Result<Mlp> {
         Ok(Mlp {
-            gate_up: GateUp::Separate {
-                gate: w.linear(&format!("{prefix}.gate_proj"), hidden, inter, bias)?,
-                up: w.linear(&format!("{prefix}.up_proj"), hidden, inter, bias)?,
-            },
+            gate_up: GateUp::separate(
+                w.linear(&format!("{prefix}.gate_proj"), hidden, inter, bias)?,
+                w.linear(&format!("{prefix}.up_proj"), hidden, inter, bias)?,
+            )?,
             down_proj: w.linear(&format!("{prefix}.down_proj"), inter, hidden, bias)?,
             activation,
         })
@@ -67,15 +81,15 @@ impl Mlp {
     /// the matching columns (the block then sums the ranks' outputs).
     pub fn shard(&mut self, rank: i32, size: i32) -> Result<()> {
         use crate::nn::shard::{shard_linear, Split};
-        let GateUp::Separate { gate, up } = &self.gate_up else {
+        let GateUp::Separate { gate, up, .. } = &self.gate_up else {
             return Err(Error::Unsupported(
                 "tensor parallelism over a fused gate_up_proj".into(),
             ));
         };
-        self.gate_up = GateUp::Separate {
-            gate: shard_linear(gate, Split::Outputs, rank, size)?,
-            up: shard_linear(up, Split::Outputs, rank, size)?,
-        };
+        self.gate_up = GateUp::separate(
+            shard_linear(gate, Split::Outputs, rank, size)?,
+            shard_linear(up, Split::Outputs, rank, size)?,
+        )?;
         self.down_proj = shard_linear(&self.down_proj, Split::Inputs, rank, size)?;
         Ok(())
     }
@@ -83,7 +97,16 @@ impl Mlp {
     /// Applies the block.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let h = match &self.gate_up {
-            GateUp::Separate { gate, up } => {
+            GateUp::Separate {
+                joined: Some(j), ..
+            } => {
+                let [gate, up]: [Array; 2] = j
+                    .forward(x)?
+                    .try_into()
+                    .map_err(|_| Error::InvalidArgument("gate/up split".into()))?;
+                gated(self.activation, &gate, &up)?
+            }
+            GateUp::Separate { gate, up, .. } => {
                 gated(self.activation, &gate.forward(x)?, &up.forward(x)?)?
             }
             GateUp::Fused(gate_up) => {
@@ -102,9 +125,12 @@ impl Mlp {
 impl Module for Mlp {
     fn visit(&mut self, prefix: &str, v: &mut dyn Visitor) -> Result<()> {
         match &mut self.gate_up {
-            GateUp::Separate { gate, up } => {
+            GateUp::Separate { gate, up, joined } => {
                 gate.visit(&join(prefix, "gate_proj"), v)?;
                 up.visit(&join(prefix, "up_proj"), v)?;
+                if joined.as_ref().is_some_and(|j| !j.matches(&[gate, up])) {
+                    *joined = None;
+                }
             }
             GateUp::Fused(gate_up) => gate_up.visit(&join(prefix, "gate_up_proj"), v)?,
         }

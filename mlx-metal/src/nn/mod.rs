@@ -8,6 +8,7 @@ mod attention;
 pub mod cache;
 mod decoder;
 mod embedding;
+mod joined;
 mod linear;
 pub mod lora;
 mod mlp;

@@ -1,0 +1,318 @@
+//! Linear layers that read the same input, joined into one matrix product
+//! (q/k/v, gate/up) for inference.
+//!
+//! One product with the outputs of all the parts is one kernel instead of
+//! several on a GPU and a larger, better-packed GEMM on the CPU. The parts
+//! stay what they were by name — their weights become views of the joined
+//! ones, so the join costs no memory — and the join is dropped as soon as
+//! anything replaces one of the parts' arrays (an adapter, a training
+//! update, a shard), after which the parts run on their own again.
+
+use crate::nn::Linear;
+use crate::{Array, QuantizedWeight, Result};
+
+/// Several linear layers joined along their outputs.
+#[derive(Debug, Clone)]
+pub(crate) struct Joined {
+    linear: Linear,
+    /// Where each part's outputs start, after the first.
+    splits: Vec<i32>,
+    /// The parts' array handles when they were joined.
+    handles: Vec<usize>,
+}
+
+/// The handles of a plain (dense or quantised) layer's arrays; `None` for
+/// a layer with adapters.
+fn handles(l: &Linear) -> Option<Vec<usize>> {
+    match l {
+        Linear::Dense { weight, bias } => {
+            let mut h = vec![weight.handle_addr()];
+            h.extend(bias.iter().map(Array::handle_addr));
+            Some(h)
+        }
+        Linear::Quantized { weight, bias } => {
+            let mut h = vec![
+                weight.weight.handle_addr(),
+                weight.scales.handle_addr(),
+                weight.biases.handle_addr(),
+            ];
+            h.extend(bias.iter().map(Array::handle_addr));
+            Some(h)
+        }
+        Linear::Lora(_) | Linear::Adapters(_) => None,
+    }
+}
+
+fn all_handles(parts: &[&Linear]) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(handles(p)?);
+    }
+    Some(out)
+}
+
+/// `arrays` joined along axis 0, and each part as a view of the result.
+fn join_rows(arrays: &[&Array]) -> Result<JoinedRows> {
+    let joined = Array::concatenate(arrays, 0)?;
+    let mut views = Vec::with_capacity(arrays.len());
+    let mut start = 0;
+    for a in arrays {
+        let end = start + a.dim(0)?;
+        views.push(joined.slice_axis(0, start, end)?);
+        start = end;
+    }
+    Ok((joined, views))
+}
+
+/// A joined array and its parts as views of it.
+type JoinedRows = (Array, Vec<Array>);
+
+/// The biases of `parts` joined, when all have one; `Some(None)` when none
+/// has; `None` when only some have.
+fn join_biases(biases: &[Option<&Array>]) -> Result<Option<Option<JoinedRows>>> {
+    if biases.iter().all(Option::is_none) {
+        return Ok(Some(None));
+    }
+    let all: Option<Vec<&Array>> = biases.iter().copied().collect();
+    match all {
+        Some(b) => Ok(Some(Some(join_rows(&b)?))),
+        None => Ok(None),
+    }
+}
+
+impl Joined {
+    /// Joins `parts` when they can be (all dense of one dtype and input
+    /// width, or all quantised alike; biases on all or none), making each
+    /// part's arrays views of the joined ones. `None` leaves them as they
+    /// were.
+    pub(crate) fn join(parts: &mut [&mut Linear]) -> Result<Option<Joined>> {
+        if parts.len() < 2 {
+            return Ok(None);
+        }
+        let mut splits = Vec::new();
+        let mut rows = 0;
+        for p in parts.iter() {
+            let (out, _) = p.dims()?;
+            if rows > 0 {
+                splits.push(rows);
+            }
+            rows += out;
+        }
+        let biases: Vec<Option<&Array>> = parts.iter().map(|p| p.bias()).collect();
+        let Some(bias) = join_biases(&biases)? else {
+            return Ok(None);
+        };
+        let dense: Option<Vec<&Array>> = parts
+            .iter()
+            .map(|p| match &**p {
+                Linear::Dense { weight, .. } => Some(weight),
+                _ => None,
+            })
+            .collect();
+        let quantised: Option<Vec<&QuantizedWeight>> = parts
+            .iter()
+            .map(|p| match &**p {
+                Linear::Quantized { weight, .. } => Some(weight),
+                _ => None,
+            })
+            .collect();
+        let (bias, bias_views) = match bias {
+            Some((b, views)) => (Some(b), views.into_iter().map(Some).collect()),
+            None => (None, vec![None; parts.len()]),
+        };
+        let linear = if let Some(w) = dense {
+            let (dtype, width) = (w[0].dtype(), w[0].dim(1)?);
+            for x in &w {
+                if x.dtype() != dtype || x.ndim() != 2 || x.dim(1)? != width {
+                    return Ok(None);
+                }
+            }
+            let (weight, views) = join_rows(&w)?;
+            for ((p, view), b) in parts.iter_mut().zip(views).zip(&bias_views) {
+                **p = Linear::Dense {
+                    weight: view,
+                    bias: b.clone(),
+                };
+            }
+            Linear::Dense { weight, bias }
+        } else if let Some(q) = quantised {
+            let first = q[0];
+            for x in &q {
+                if (x.bits, x.group_size) != (first.bits, first.group_size)
+                    || x.weight.dim(1)? != first.weight.dim(1)?
+                    || x.scales.dtype() != first.scales.dtype()
+                {
+                    return Ok(None);
+                }
+            }
+            let (weight, wv) = join_rows(&q.iter().map(|x| &x.weight).collect::<Vec<_>>())?;
+            let (scales, sv) = join_rows(&q.iter().map(|x| &x.scales).collect::<Vec<_>>())?;
+            let (qbiases, bv) = join_rows(&q.iter().map(|x| &x.biases).collect::<Vec<_>>())?;
+            let (bits, group_size) = (first.bits, first.group_size);
+            let views = wv.into_iter().zip(sv).zip(bv);
+            for ((p, ((w, s), b)), bias) in parts.iter_mut().zip(views).zip(&bias_views) {
+                **p = Linear::Quantized {
+                    weight: QuantizedWeight {
+                        weight: w,
+                        scales: s,
+                        biases: b,
+                        group_size,
+                        bits,
+                    },
+                    bias: bias.clone(),
+                };
+            }
+            Linear::Quantized {
+                weight: QuantizedWeight {
+                    weight,
+                    scales,
+                    biases: qbiases,
+                    group_size,
+                    bits,
+                },
+                bias,
+            }
+        } else {
+            return Ok(None);
+        };
+        let views: Vec<&Linear> = parts.iter().map(|p| &**p).collect();
+        let Some(handles) = all_handles(&views) else {
+            return Ok(None);
+        };
+        Ok(Some(Joined {
+            linear,
+            splits,
+            handles,
+        }))
+    }
+
+    /// Whether `parts` are still the layers this join was made from (no
+    /// array of theirs replaced since).
+    pub(crate) fn matches(&self, parts: &[&Linear]) -> bool {
+        all_handles(parts).is_some_and(|h| h == self.handles)
+    }
+
+    /// Each part's output for `x`, from one product.
+    pub(crate) fn forward(&self, x: &Array) -> Result<Vec<Array>> {
+        self.linear.forward(x)?.split_at(&self.splits, -1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Joined;
+    use crate::nn::params::{join, Module, Visitor};
+    use crate::nn::Linear;
+    use crate::{random, Array, Dtype, Result};
+
+    fn dense(out: i32, inp: i32, bias: bool, key: u64) -> Linear {
+        let k = random::key(key).unwrap();
+        Linear::Dense {
+            weight: random::normal(&[out, inp], Dtype::Float32, 0.0, 1.0, Some(&k)).unwrap(),
+            bias: bias.then(|| Array::arange(0.0, out as f64, 1.0, Dtype::Float32).unwrap()),
+        }
+    }
+
+    fn max_diff(a: &Array, b: &Array) -> f32 {
+        a.subtract(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(&[], false)
+            .unwrap()
+            .item::<f32>()
+            .unwrap()
+    }
+
+    /// Replaces every array it is shown (as a training update does).
+    struct Replace;
+    impl Visitor for Replace {
+        fn array(&mut self, _: &str, a: &mut Array) -> Result<()> {
+            *a = a.clone();
+            Ok(())
+        }
+    }
+
+    fn check(mut parts: Vec<Linear>) {
+        let x = random::normal(
+            &[2, 3, 16],
+            Dtype::Float32,
+            0.0,
+            1.0,
+            Some(&random::key(9).unwrap()),
+        )
+        .unwrap();
+        let alone: Vec<Array> = parts.iter().map(|p| p.forward(&x).unwrap()).collect();
+        let mut refs: Vec<&mut Linear> = parts.iter_mut().collect();
+        let joined = Joined::join(&mut refs).unwrap().expect("joinable");
+        let together = joined.forward(&x).unwrap();
+        assert_eq!(together.len(), alone.len());
+        for (a, t) in alone.iter().zip(&together) {
+            assert_eq!(a.shape(), t.shape());
+            assert!(max_diff(a, t) < 1e-5);
+        }
+        // the parts, now views of the joined arrays, still compute alone
+        for (p, a) in parts.iter().zip(&alone) {
+            assert!(max_diff(&p.forward(&x).unwrap(), a) < 1e-5);
+        }
+        let views: Vec<&Linear> = parts.iter().collect();
+        assert!(joined.matches(&views));
+        parts[1].visit(&join("", "k_proj"), &mut Replace).unwrap();
+        let views: Vec<&Linear> = parts.iter().collect();
+        assert!(!joined.matches(&views), "a replaced part ends the join");
+    }
+
+    #[test]
+    fn dense_parts_join_into_one_product_with_the_same_outputs() {
+        check(vec![
+            dense(8, 16, false, 1),
+            dense(4, 16, false, 2),
+            dense(4, 16, false, 3),
+        ]);
+        check(vec![dense(8, 16, true, 1), dense(4, 16, true, 2)]);
+    }
+
+    #[test]
+    fn quantised_parts_join_into_one_product_with_the_same_outputs() {
+        let q = |out, key| {
+            let Linear::Dense { weight, .. } = dense(out, 64, false, key) else {
+                unreachable!()
+            };
+            Linear::Quantized {
+                weight: weight.quantize(32, 4).unwrap(),
+                bias: None,
+            }
+        };
+        let x = random::normal(
+            &[1, 2, 64],
+            Dtype::Float32,
+            0.0,
+            1.0,
+            Some(&random::key(4).unwrap()),
+        )
+        .unwrap();
+        let mut parts = [q(8, 5), q(16, 6)];
+        let alone: Vec<Array> = parts.iter().map(|p| p.forward(&x).unwrap()).collect();
+        let mut refs: Vec<&mut Linear> = parts.iter_mut().collect();
+        let joined = Joined::join(&mut refs).unwrap().expect("joinable");
+        for (a, t) in alone.iter().zip(joined.forward(&x).unwrap()) {
+            assert!(max_diff(a, &t) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn unlike_parts_stay_apart() {
+        let mut parts = [dense(8, 16, true, 1), dense(4, 16, false, 2)];
+        let mut refs: Vec<&mut Linear> = parts.iter_mut().collect();
+        assert!(
+            Joined::join(&mut refs).unwrap().is_none(),
+            "bias on only one"
+        );
+        let mut parts = [dense(8, 16, false, 1), dense(4, 8, false, 2)];
+        let mut refs: Vec<&mut Linear> = parts.iter_mut().collect();
+        assert!(
+            Joined::join(&mut refs).unwrap().is_none(),
+            "different input widths"
+        );
+    }
+}
