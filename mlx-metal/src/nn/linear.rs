@@ -19,12 +19,14 @@ fn on_cpu() -> bool {
 /// `x @ w^T` as `w @ x^T` when that is faster, else `None`.
 ///
 /// On the CPU, MLX hands float32 products to BLAS. For a single row (the
-/// decode step) OpenBLAS computes `w @ x^T` — a matrix-vector product
-/// streaming `w`'s rows — about 1.5x faster than `x @ w^T`, which packs `w`
-/// as a GEMM operand (measured on the 2-core CI machine with 40 distinct
-/// 3072x1024 matrices: 7.5 against 4.6 GB/s); so a single float32 row takes
-/// that form there. Half-precision products do not go through BLAS and
-/// are slower that way, and GPUs have their own matrix-vector kernels for
+/// decode step) OpenBLAS can compute `w @ x^T` — a matrix-vector product
+/// streaming `w`'s rows — or `x @ w^T`, a GEMM with one row. Which is faster
+/// depends on the kernels OpenBLAS picks for the CPU: on one 2-core CI
+/// machine the matrix-vector form was about 1.5x faster (40 distinct
+/// 3072x1024 matrices: 7.5 against 4.6 GB/s), on another (OpenBLAS's
+/// SkylakeX kernels) about 1.2x slower. So the process measures both once
+/// ([`matvec_is_faster`]) and takes the faster. Half-precision products do
+/// not go through BLAS, and GPUs have their own matrix-vector kernels for
 /// either form, so everything else stays `x @ w^T`.
 pub(crate) fn row_times_transposed(x: &Array, w: &Array) -> Result<Option<Array>> {
     let shape = x.shape();
@@ -35,6 +37,7 @@ pub(crate) fn row_times_transposed(x: &Array, w: &Array) -> Result<Option<Array>
         || x.size() != inp as usize
         || w.ndim() != 2
         || !on_cpu()
+        || !matvec_is_faster()
     {
         return Ok(None);
     }
@@ -44,6 +47,49 @@ pub(crate) fn row_times_transposed(x: &Array, w: &Array) -> Result<Option<Array>
     }
     let y = w.matmul(&x.reshape(&[inp, 1])?)?.reshape(&out_shape)?;
     Ok(Some(y))
+}
+
+/// Whether a single float32 row times a transposed matrix is faster here
+/// as a matrix-vector product (`w @ x^T`) than as a one-row GEMM: measured
+/// once per process, on the first such product, over 32 distinct 1024x1024
+/// matrices (128 MB, more than the caches hold, as a model's weights are),
+/// three alternating passes of each form. About 0.1 to 0.3 s.
+fn matvec_is_faster() -> bool {
+    static FASTER: OnceLock<bool> = OnceLock::new();
+    *FASTER.get_or_init(|| measure_matvec().unwrap_or(false))
+}
+
+fn measure_matvec() -> Result<bool> {
+    use std::time::{Duration, Instant};
+    const N: i32 = 1024;
+    let base = Array::arange(0.0, (N * N) as f64, 1.0, Dtype::Float32)?
+        .mul_scalar(1.0 / (N * N) as f32)?
+        .reshape(&[N, N])?;
+    let ws = (0..32)
+        .map(|i| base.add(&Array::scalar(i as f32)))
+        .collect::<Result<Vec<Array>>>()?;
+    crate::eval(&ws.iter().collect::<Vec<_>>())?;
+    let x = Array::arange(0.0, N as f64, 1.0, Dtype::Float32)?.reshape(&[1, N])?;
+    let xt = x.reshape(&[N, 1])?;
+    crate::eval(&[&x, &xt])?;
+    let pass = |matvec: bool| -> Result<Duration> {
+        let start = Instant::now();
+        for w in &ws {
+            let y = if matvec {
+                w.matmul(&xt)?
+            } else {
+                x.matmul(&w.transpose()?)?
+            };
+            crate::eval(&[&y])?;
+        }
+        Ok(start.elapsed())
+    };
+    let (mut matvec, mut gemm) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..3 {
+        matvec += pass(true)?;
+        gemm += pass(false)?;
+    }
+    Ok(matvec < gemm)
 }
 
 /// A linear layer. Weights are `[out, in]` as in Hugging Face and MLX.
@@ -160,5 +206,43 @@ impl Module for Linear {
             Linear::Adapters(m) => m.base.visit(prefix, v)?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{measure_matvec, row_times_transposed, Linear};
+    use crate::{Array, Dtype};
+
+    #[test]
+    fn both_single_row_forms_give_the_same_product_and_the_choice_is_measured() {
+        // the measurement runs (whichever form wins on this machine)
+        measure_matvec().unwrap();
+        let w = Array::arange(0.0, 48.0, 1.0, Dtype::Float32)
+            .unwrap()
+            .reshape(&[6, 8])
+            .unwrap();
+        let x = Array::arange(0.0, 8.0, 1.0, Dtype::Float32)
+            .unwrap()
+            .reshape(&[1, 1, 8])
+            .unwrap();
+        let gemm = x.matmul(&w.transpose().unwrap()).unwrap();
+        let chosen = Linear::Dense {
+            weight: w.clone(),
+            bias: None,
+        }
+        .forward(&x)
+        .unwrap();
+        assert_eq!(chosen.shape(), vec![1, 1, 6]);
+        assert_eq!(
+            chosen.to_vec::<f32>().unwrap(),
+            gemm.to_vec::<f32>().unwrap()
+        );
+        if let Some(matvec) = row_times_transposed(&x, &w).unwrap() {
+            assert_eq!(
+                matvec.to_vec::<f32>().unwrap(),
+                gemm.to_vec::<f32>().unwrap()
+            );
+        }
     }
 }
