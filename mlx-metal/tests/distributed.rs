@@ -229,19 +229,33 @@ fn index() -> Vec<String> {
 fn parallel_rank() {
     let fixture = std::env::var("MLX_INFER_TEST_FIXTURE").unwrap();
     let kind = match std::env::var("MLX_INFER_TEST_KIND").unwrap().as_str() {
-        "tensor" => ParallelKind::Tensor,
-        _ => ParallelKind::Pipeline,
+        "tensor" => Some(ParallelKind::Tensor),
+        "pipeline" => Some(ParallelKind::Pipeline),
+        _ => None,
     };
     let mut model = NativeModel::load(&common::fixtures().join(&fixture)).unwrap();
-    let group = Group::init(Some("ring"), true).unwrap();
-    match model.architecture_mut().parallelize(group, kind) {
-        Ok(()) => println!("ids={:?}", greedy(&mut model, PROMPT)),
-        Err(e) => println!("ids=refused: {e}"),
+    let spread = match kind {
+        Some(kind) => {
+            let group = Group::init(Some("ring"), true).unwrap();
+            model.architecture_mut().parallelize(group, kind)
+        }
+        // one process, for comparison
+        None => Ok(()),
+    };
+    match spread {
+        Ok(()) => {
+            let ids = greedy(&mut model, PROMPT);
+            // what the rank holds once its weights are in memory
+            println!("mem={}", mlx_metal::active_memory().unwrap());
+            println!("ids={ids:?}");
+        }
+        Err(e) => println!("mem=0\nids=refused: {e}"),
     }
 }
 
-/// What each of `n` ranks printed for `fixture` spread as `kind`.
-fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<String> {
+/// What each of `n` ranks printed for `fixture` spread as `kind`: its
+/// greedy ids and the memory it held.
+fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<(String, usize)> {
     let ranks = run_ranks_with(
         "parallel_greedy_ids_equal_one_process",
         "parallel",
@@ -260,7 +274,10 @@ fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<String> {
                 Some(0),
                 "{fixture} {kind} rank {rank} of {n}:\n{text}"
             );
-            reported(&text, "ids").to_string()
+            (
+                reported(&text, "ids").to_string(),
+                reported(&text, "mem").trim().parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -290,9 +307,18 @@ fn parallel_greedy_ids_equal_one_process() {
             runs.push(("tensor", 2));
             tensor += 1;
         }
+        // the memory one process holds, measured the same way
+        let (_, whole) = parallel_run(&fixture, "none", 1).remove(0);
         for (kind, n) in runs {
-            for (rank, ids) in parallel_run(&fixture, kind, n).iter().enumerate() {
+            for (rank, (ids, mem)) in parallel_run(&fixture, kind, n).iter().enumerate() {
                 assert_eq!(ids, &expected, "{fixture} {kind} over {n}, rank {rank}");
+                eprintln!("{fixture} {kind} over {n}, rank {rank}: {mem} of {whole} bytes");
+                // each rank holds its share of the blocks' weights, not all
+                // of them (embeddings and norms stay whole)
+                assert!(
+                    *mem < whole,
+                    "{fixture} {kind} over {n}, rank {rank} holds {mem} bytes, one process {whole}"
+                );
             }
         }
     }
@@ -337,7 +363,7 @@ fn unsplittable_models_are_refused_clearly() {
         ("phi3", "tensor", 2, "fused qkv_proj"),
         ("llama", "pipeline", 4, "2 blocks cannot be split over 4"),
     ] {
-        for said in parallel_run(fixture, kind, n) {
+        for (said, _) in parallel_run(fixture, kind, n) {
             assert!(
                 said.starts_with("refused") && said.contains(reason),
                 "{fixture} {kind} over {n}: {said}"

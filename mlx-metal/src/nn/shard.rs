@@ -32,8 +32,17 @@ fn part(n: i32, rank: i32, size: i32, what: &str) -> Result<(i32, i32)> {
     Ok((rank * k, (rank + 1) * k))
 }
 
+/// This rank's `[start, end)` of `a` along `axis`, in a buffer of its
+/// own. A slice is a view that keeps the whole tensor's buffer alive, so
+/// the rank would hold every weight in full; the copy is made (and the
+/// whole tensor read) now, while `a` is still held, so MLX cannot hand the
+/// whole buffer to the copy, and the caller's dropping `a` frees it.
 fn slice(a: &Array, axis: i32, (start, end): (i32, i32)) -> Result<Array> {
-    a.slice_axis(axis, start, end)
+    let view = a.slice_axis(axis, start, end)?;
+    let one = Array::scalar(1.0f32).astype(a.dtype())?;
+    let own = view.multiply(&one)?;
+    own.eval()?;
+    Ok(own)
 }
 
 /// This rank's share of `layer`, split along `split`. A row-parallel
