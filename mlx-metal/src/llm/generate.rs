@@ -147,6 +147,8 @@ pub struct Generation<'a> {
     tokenizer: &'a Tokenizer,
     opts: GenerateOptions,
     next: Option<Sampled>,
+    /// The first token, from which the next step is still to be started.
+    deferred: Option<Array>,
     held: Vec<Token>,
     ready: std::collections::VecDeque<Token>,
     reason: Option<StopReason>,
@@ -219,6 +221,7 @@ impl<'a> Generation<'a> {
             tokenizer,
             opts: opts.clone(),
             next,
+            deferred: None,
             held: Vec::new(),
             ready: Default::default(),
             reason: if cancelled {
@@ -253,12 +256,14 @@ impl<'a> Generation<'a> {
         self.ready.extend(std::mem::take(&mut self.held));
         self.reason = Some(reason);
         self.next = None;
+        self.deferred = None;
         Ok(())
     }
 
     /// Stops generating (the stream reached a stop string).
     pub fn stop(&mut self) {
         self.next = None;
+        self.deferred = None;
         self.held.clear();
         self.ready.clear();
         self.reason = Some(StopReason::Stop);
@@ -268,16 +273,35 @@ impl<'a> Generation<'a> {
         if self.opts.is_cancelled() {
             return self.finish(StopReason::Cancelled);
         }
+        if let Some(token) = self.deferred.take() {
+            let step = self.stepper.step(&token)?;
+            step.start()?;
+            self.next = Some(step);
+        }
         let Some(y) = self.next.take() else {
             return self.finish(StopReason::MaxTokens);
         };
-        // Build and start the following step before reading this token.
-        if self.timing.generated + 1 < self.opts.max_tokens {
-            let following = self.stepper.step(&y.token.astype(Dtype::Int32)?)?;
-            following.start()?;
-            self.next = Some(following);
-        }
-        let id = y.read(self.timing.generated + 1)?;
+        let id = if self.first_token_at.is_none() {
+            // The prompt's end: read it before anything else is queued and
+            // hand it out; the next step starts at the next call. On the
+            // CPU, MLX lets only a few tasks wait at a time, so queueing
+            // the next step first would hold this token back until most of
+            // that step had run (a whole decode step of latency).
+            let id = y.read(1)?;
+            if self.timing.generated + 1 < self.opts.max_tokens {
+                self.deferred = Some(y.token.astype(Dtype::Int32)?);
+            }
+            id
+        } else {
+            // Later tokens: build and start the following step before
+            // reading this one, so the device is never idle between steps.
+            if self.timing.generated + 1 < self.opts.max_tokens {
+                let following = self.stepper.step(&y.token.astype(Dtype::Int32)?)?;
+                following.start()?;
+                self.next = Some(following);
+            }
+            y.read(self.timing.generated + 1)?
+        };
         let now = Instant::now();
         if self.first_token_at.is_none() {
             let secs = (now - self.started).as_secs_f64();
@@ -323,6 +347,7 @@ impl<'a> Generation<'a> {
             if let Err(e) = self.advance() {
                 self.failed = true;
                 self.next = None;
+                self.deferred = None;
                 return Some(Err(e));
             }
         }
