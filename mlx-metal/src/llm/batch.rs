@@ -153,10 +153,22 @@ impl<'m> Batch<'m> {
 
     /// Appends the rows of `other` (prefilled apart) after this batch's.
     pub fn extend(&mut self, other: Batch<'_>) -> Result<()> {
-        for (c, o) in self.caches.iter_mut().zip(other.caches) {
-            c.extend(o)?;
+        self.extend_many(vec![other])
+    }
+
+    /// Appends the rows of every batch of `others`, in order (one
+    /// concatenation per layer however many there are).
+    pub fn extend_many(&mut self, others: Vec<Batch<'_>>) -> Result<()> {
+        let mut per_layer: Vec<Vec<KvCache>> = self.caches.iter().map(|_| Vec::new()).collect();
+        for o in others {
+            self.rows += o.rows;
+            for (layer, c) in per_layer.iter_mut().zip(o.caches) {
+                layer.push(c);
+            }
         }
-        self.rows += other.rows;
+        for (c, os) in self.caches.iter_mut().zip(per_layer) {
+            c.extend_many(os)?;
+        }
         Ok(())
     }
 

@@ -196,6 +196,19 @@ impl KvCache {
         self.as_batch()?.extend(other)
     }
 
+    /// [`extend`](Self::extend) with the rows of several batch caches at
+    /// once (in order): one concatenation instead of one per cache.
+    pub fn extend_many(&mut self, others: Vec<KvCache>) -> Result<()> {
+        let others = others
+            .into_iter()
+            .map(|o| match o {
+                KvCache::Batch(c) => Ok(c),
+                _ => Err(Error::InvalidArgument("not a batch cache".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.as_batch()?.extend_many(others)
+    }
+
     /// Row `r`'s keys and values without its padding (`[1, heads, n,
     /// dim]` each, copied out of the batch buffer), or `None` when the
     /// cache no longer holds the row's whole history (a sliding-window
@@ -372,28 +385,38 @@ impl BatchCache {
         Ok(())
     }
 
-    fn extend(&mut self, mut other: BatchCache) -> Result<()> {
-        // Move `other` into this cache's columns: both end at the same column.
-        let shift = self.end() - other.end();
-        other.start += shift;
-        other.left.iter_mut().for_each(|l| *l += shift);
-        let (a, b) = match (self.kv.take(), other.kv.take()) {
-            (Some(a), Some(b)) => (positions(&a, 0, self.idx)?, positions(&b, 0, other.idx)?),
-            (a, b) => {
-                // One side has written nothing yet: nothing to align.
-                let (start, idx) = if a.is_some() {
+    fn extend(&mut self, other: BatchCache) -> Result<()> {
+        self.extend_many(vec![other])
+    }
+
+    /// Appends the rows of every cache of `others`, in order, aligning all
+    /// at this cache's last written column, with one concatenation of the
+    /// keys and one of the values whatever their number.
+    fn extend_many(&mut self, mut others: Vec<BatchCache>) -> Result<()> {
+        // Move the others into this cache's columns: all end at the same column.
+        let end = self.end();
+        for o in &mut others {
+            let shift = end - o.end();
+            o.start += shift;
+            o.left.iter_mut().for_each(|l| *l += shift);
+        }
+        if self.kv.is_none() || others.iter().any(|o| o.kv.is_none()) {
+            // Some side has written nothing yet: nothing to align, one at a
+            // time.
+            for o in others {
+                let (start, idx) = if self.kv.is_some() {
                     (self.start, self.idx)
                 } else {
-                    (other.start, other.idx)
+                    (o.start, o.idx)
                 };
-                self.kv = a.or(b);
+                self.kv = self.kv.take().or(o.kv);
                 self.start = start;
                 self.idx = idx;
-                self.left.extend(other.left);
-                return Ok(());
+                self.left.extend(o.left);
             }
-        };
-        // Pad the shorter history on the left (padding is masked for its rows).
+            return Ok(());
+        }
+        // Pad the shorter histories on the left (padding is masked for its rows).
         let pad = |kv: Kv, n: i32| -> Result<Kv> {
             if n == 0 {
                 return Ok(kv);
@@ -405,16 +428,25 @@ impl BatchCache {
             );
             join(&zeros, &kv)
         };
-        let start = self.start.min(other.start);
-        let a = pad(a, self.start - start)?;
-        let b = pad(b, other.start - start)?;
+        let start = others.iter().map(|o| o.start).fold(self.start, i32::min);
+        let mut parts = Vec::with_capacity(others.len() + 1);
+        let own = self.kv.take().expect("checked above");
+        parts.push(pad(positions(&own, 0, self.idx)?, self.start - start)?);
+        for o in &mut others {
+            let kv = o.kv.take().expect("checked above");
+            parts.push(pad(positions(&kv, 0, o.idx)?, o.start - start)?);
+        }
+        let keys: Vec<&Array> = parts.iter().map(|p| &p.0).collect();
+        let values: Vec<&Array> = parts.iter().map(|p| &p.1).collect();
         self.kv = Some((
-            Array::concatenate(&[&a.0, &b.0], 0)?,
-            Array::concatenate(&[&a.1, &b.1], 0)?,
+            Array::concatenate(&keys, 0)?,
+            Array::concatenate(&values, 0)?,
         ));
-        self.idx = self.end() - start;
+        self.idx = end - start;
         self.start = start;
-        self.left.extend(other.left);
+        for o in others {
+            self.left.extend(o.left);
+        }
         Ok(())
     }
 }
@@ -642,6 +674,35 @@ mod tests {
         let k = positions_from(from, n);
         let (keys, _) = cache.update_and_fetch(&k, &k).unwrap();
         keys.to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn extending_by_many_equals_extending_one_at_a_time() {
+        let make = |from: i32, n: i32| {
+            let mut c = KvCache::batch(&[0], None);
+            update(&mut c, from, n);
+            c
+        };
+        let mut one = make(0, 3);
+        one.extend(make(10, 5)).unwrap();
+        one.extend(make(20, 2)).unwrap();
+        let mut many = make(0, 3);
+        many.extend_many(vec![make(10, 5), make(20, 2)]).unwrap();
+        let read = |c: &KvCache| -> Vec<Vec<f32>> {
+            c.state()
+                .iter()
+                .map(|a| a.to_vec::<f32>().unwrap())
+                .collect()
+        };
+        assert_eq!(read(&one), read(&many));
+        assert_eq!(one.offset(), many.offset());
+        let rows = |c: &KvCache| match c.positions().unwrap() {
+            Positions::PerRow(p) => p.to_vec::<i32>().unwrap(),
+            Positions::Same(p) => vec![p],
+        };
+        assert_eq!(rows(&one), rows(&many));
+        // three rows, left-padded to the longest history (5 positions)
+        assert_eq!(many.state()[0].shape(), vec![3, 1, 5, 1]);
     }
 
     #[test]

@@ -448,14 +448,20 @@ impl<'m> NativeEngine<'m> {
         }
         let first = self.rows.len();
         let mut logits = Vec::with_capacity(joined.len());
+        let mut batches = Vec::with_capacity(joined.len());
         for (rows, batch, l) in joined {
-            match &mut self.batch {
-                Some(b) => b.extend(batch)?,
-                None => self.batch = Some(batch),
-            }
+            batches.push(batch);
             self.rows.extend(rows);
             logits.push(l);
         }
+        // every joining batch in one concatenation per layer
+        let mut batches = batches.into_iter();
+        let mut running = match self.batch.take() {
+            Some(b) => b,
+            None => batches.next().expect("at least one joined"),
+        };
+        running.extend_many(batches.collect())?;
+        self.batch = Some(running);
         let logits = Array::concatenate(&logits.iter().collect::<Vec<_>>(), 0)?;
         let new = Pending::sample(&mut self.rows[first..], &logits, &mut self.greedy)?;
         let mut outputs = new.outputs();
