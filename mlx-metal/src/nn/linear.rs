@@ -56,6 +56,14 @@ pub(crate) fn row_times_transposed(x: &Array, w: &Array) -> Result<Option<Array>
 /// three alternating passes of each form. About 0.1 to 0.3 s.
 fn matvec_is_faster() -> bool {
     static FASTER: OnceLock<bool> = OnceLock::new();
+    if let Some(&faster) = FASTER.get() {
+        return faster;
+    }
+    if crate::closure::tracing() {
+        // nothing may be evaluated inside a trace: the one-row GEMM until
+        // an eager product has measured
+        return false;
+    }
     *FASTER.get_or_init(|| measure_matvec().unwrap_or(false))
 }
 
