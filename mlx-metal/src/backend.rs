@@ -24,7 +24,7 @@ impl Backend for MlxBackend {
 
     fn status(&self) -> BackendStatus {
         BackendStatus::available(mlx_version(), device_description())
-            .with_blas(crate::blas_info().to_string())
+            .with_blas(crate::blas_in_use())
             .with_dtype(crate::llm::dtype::auto_description())
     }
 

@@ -156,6 +156,21 @@ fn cblas_library() -> Option<(PathBuf, Loaded)> {
     Some((path, lib))
 }
 
+/// What to report as the BLAS in use: [`blas_info`] when MLX computes on
+/// the CPU; on a GPU, BLAS takes no part in the model's products, and
+/// naming the CPU library (often the slow reference one in a CUDA wheel)
+/// would mislead.
+pub fn blas_in_use() -> String {
+    let on_gpu = crate::Device::default_device()
+        .and_then(|d| d.kind())
+        .is_ok_and(|k| k == crate::DeviceType::Gpu);
+    if on_gpu {
+        "not used (matrix products run on the GPU)".to_string()
+    } else {
+        blas_info().to_string()
+    }
+}
+
 /// Finds the BLAS MLX's CPU matrix products run on in this process.
 pub fn blas_info() -> BlasInfo {
     crate::status::init();

@@ -46,7 +46,7 @@ mod vector;
 
 pub use array::{Array, Element};
 pub use backend::{ensure_registered, MlxBackend};
-pub use blas::{blas_info, exit, BlasInfo, BlasKind};
+pub use blas::{blas_in_use, blas_info, exit, BlasInfo, BlasKind};
 pub use compile::{compile, with_compiled, Compiled};
 pub use device::{Device, DeviceType, Stream};
 pub use dtype::Dtype;

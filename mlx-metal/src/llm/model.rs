@@ -114,7 +114,7 @@ impl NativeModel {
         info.quantization_bits = config.quant()?.map(|q| q.bits as u32);
         info.weights_dtype = dtypes.weights.map(|d| d.to_string());
         info.compute_dtype = dtypes.compute.map(|d| d.to_string());
-        info.blas = Some(crate::blas_info().to_string());
+        info.blas = Some(crate::blas_in_use());
         info.context_length = config
             .raw
             .get("max_position_embeddings")
