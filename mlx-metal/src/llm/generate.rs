@@ -269,17 +269,29 @@ impl<'a> Generation<'a> {
         self.reason = Some(StopReason::Stop);
     }
 
+    /// Builds and starts the step that reads `token`.
+    fn start_step(&mut self, token: &Array) -> Result<()> {
+        let step = self.stepper.step(token)?;
+        step.start()?;
+        self.next = Some(step);
+        Ok(())
+    }
+
     fn advance(&mut self) -> Result<()> {
         if self.opts.is_cancelled() {
             return self.finish(StopReason::Cancelled);
         }
         if let Some(token) = self.deferred.take() {
-            let step = self.stepper.step(&token)?;
-            step.start()?;
-            self.next = Some(step);
+            self.start_step(&token)?;
         }
         let Some(y) = self.next.take() else {
             return self.finish(StopReason::MaxTokens);
+        };
+        // The input of the following step, if there is one.
+        let following = if self.timing.generated + 1 < self.opts.max_tokens {
+            Some(y.token.astype(Dtype::Int32)?)
+        } else {
+            None
         };
         let id = if self.first_token_at.is_none() {
             // The prompt's end: read it before anything else is queued and
@@ -288,17 +300,13 @@ impl<'a> Generation<'a> {
             // the next step first would hold this token back until most of
             // that step had run (a whole decode step of latency).
             let id = y.read(1)?;
-            if self.timing.generated + 1 < self.opts.max_tokens {
-                self.deferred = Some(y.token.astype(Dtype::Int32)?);
-            }
+            self.deferred = following;
             id
         } else {
             // Later tokens: build and start the following step before
             // reading this one, so the device is never idle between steps.
-            if self.timing.generated + 1 < self.opts.max_tokens {
-                let following = self.stepper.step(&y.token.astype(Dtype::Int32)?)?;
-                following.start()?;
-                self.next = Some(following);
+            if let Some(token) = following {
+                self.start_step(&token)?;
             }
             y.read(self.timing.generated + 1)?
         };

@@ -190,10 +190,7 @@ impl KvCache {
     /// Appends the rows of `other` (a batch cache of the same layer) below
     /// this one's, aligning both at their last written column.
     pub fn extend(&mut self, other: KvCache) -> Result<()> {
-        let KvCache::Batch(other) = other else {
-            return Err(Error::InvalidArgument("not a batch cache".into()));
-        };
-        self.as_batch()?.extend(other)
+        self.extend_many(vec![other])
     }
 
     /// [`extend`](Self::extend) with the rows of several batch caches at
@@ -383,10 +380,6 @@ impl BatchCache {
             self.idx -= unused;
         }
         Ok(())
-    }
-
-    fn extend(&mut self, other: BatchCache) -> Result<()> {
-        self.extend_many(vec![other])
     }
 
     /// Appends the rows of every cache of `others`, in order, aligning all
