@@ -161,10 +161,7 @@ fn cblas_library() -> Option<(PathBuf, Loaded)> {
 /// naming the CPU library (often the slow reference one in a CUDA wheel)
 /// would mislead.
 pub fn blas_in_use() -> String {
-    let on_gpu = crate::Device::default_device()
-        .and_then(|d| d.kind())
-        .is_ok_and(|k| k == crate::DeviceType::Gpu);
-    if on_gpu {
+    if matches!(crate::llm::dtype::default_device_is_cpu(), Ok(false)) {
         "not used (matrix products run on the GPU)".to_string()
     } else {
         blas_info().to_string()

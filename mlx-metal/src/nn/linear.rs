@@ -4,16 +4,12 @@ use std::sync::OnceLock;
 
 use crate::nn::lora::{LoraLinear, MultiLora};
 use crate::nn::params::{join, Module, Visitor};
-use crate::{Array, Device, DeviceType, Dtype, Error, QuantizedWeight, Result};
+use crate::{Array, Dtype, Error, QuantizedWeight, Result};
 
 /// True when MLX computes on the CPU by default (asked once).
 fn on_cpu() -> bool {
     static CPU: OnceLock<bool> = OnceLock::new();
-    *CPU.get_or_init(|| {
-        Device::default_device()
-            .and_then(|d| d.kind())
-            .is_ok_and(|k| k == DeviceType::Cpu)
-    })
+    *CPU.get_or_init(|| crate::llm::dtype::default_device_is_cpu().unwrap_or(false))
 }
 
 /// `x @ w^T` as `w @ x^T` when that is faster, else `None`.
