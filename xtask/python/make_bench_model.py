@@ -33,21 +33,21 @@ CONFIG = {
 }
 
 
-def main():
-    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+def save_random_model(model, config, src, out, norms_at_one=True):
+    """Gives `model` seeded random bf16 weights (scale 0.02; norms around 1
+    when `norms_at_one`, for families that multiply by the stored weight)
+    and writes it with `config` and SRC's tokenizer files to OUT, through a
+    temporary folder so OUT is complete or absent."""
+    src, out = Path(src), Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    config = dict(CONFIG)
-    config["eos_token_id"] = [151645]
-    model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
     mx.random.seed(0)
     params = []
     for name, p in tree_flatten(model.parameters()):
-        scale = 0.02
-        value = mx.random.normal(p.shape) * scale
-        if "norm" in name:
+        value = mx.random.normal(p.shape) * 0.02
+        if norms_at_one and "norm" in name:
             value = value + 1.0
         params.append((name, value.astype(mx.bfloat16)))
     model.update(tree_unflatten(params))
@@ -60,6 +60,13 @@ def main():
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def main():
+    config = dict(CONFIG)
+    config["eos_token_id"] = [151645]
+    model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
+    save_random_model(model, config, sys.argv[1], sys.argv[2])
 
 
 if __name__ == "__main__":

@@ -11,14 +11,10 @@ must be below 262144).
 Usage: python make_gemma3_bench_model.py TOKENIZER_DIR OUT_DIR
 """
 
-import shutil
 import sys
-from pathlib import Path
 
-import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
+from make_bench_model import save_random_model
 from mlx_lm.models import gemma3_text
-from mlx_lm.utils import save_config, save_model
 
 CONFIG = {
     "model_type": "gemma3_text",
@@ -42,28 +38,9 @@ CONFIG = {
 
 
 def main():
-    src, out = Path(sys.argv[1]), Path(sys.argv[2])
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     model = gemma3_text.Model(gemma3_text.ModelArgs.from_dict(CONFIG))
-    mx.random.seed(0)
-    params = [
-        (name, (mx.random.normal(p.shape) * 0.02).astype(mx.bfloat16))
-        for name, p in tree_flatten(model.parameters())
-    ]
-    model.update(tree_unflatten(params))
-    mx.eval(model.parameters())
-    save_model(tmp, model)
-    (tmp / "model.safetensors.index.json").unlink(missing_ok=True)
-    save_config(CONFIG, tmp / "config.json")
-    for f in ["tokenizer.json", "tokenizer_config.json"]:
-        if (src / f).exists():
-            shutil.copy(src / f, tmp / f)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    # Gemma's norms scale by 1 + w: stored weights around 0
+    save_random_model(model, CONFIG, sys.argv[1], sys.argv[2], norms_at_one=False)
 
 
 if __name__ == "__main__":
