@@ -6,6 +6,7 @@ use std::time::Instant;
 use inference::{GenerateOptions, StopReason, Token};
 
 use crate::llm::models::Architecture;
+use crate::llm::profile;
 use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
 use crate::nn::cache::KvCache;
@@ -149,6 +150,9 @@ pub struct Generation<'a> {
     next: Option<Sampled>,
     /// The first token, from which the next step is still to be started.
     deferred: Option<Array>,
+    /// Build and launch microseconds of the step in flight, when
+    /// [`profile`] is on.
+    launched: Option<(u128, u128)>,
     held: Vec<Token>,
     ready: std::collections::VecDeque<Token>,
     reason: Option<StopReason>,
@@ -222,6 +226,7 @@ impl<'a> Generation<'a> {
             opts: opts.clone(),
             next,
             deferred: None,
+            launched: None,
             held: Vec::new(),
             ready: Default::default(),
             reason: if cancelled {
@@ -271,9 +276,15 @@ impl<'a> Generation<'a> {
 
     /// Builds and starts the step that reads `token`.
     fn start_step(&mut self, token: &Array) -> Result<()> {
+        let mut t = Instant::now();
         let step = self.stepper.step(token)?;
+        let build = profile::lap(&mut t);
         step.start()?;
+        let launch = profile::lap(&mut t);
         self.next = Some(step);
+        if profile::enabled() {
+            self.launched = Some((build, launch));
+        }
         Ok(())
     }
 
@@ -308,7 +319,15 @@ impl<'a> Generation<'a> {
             if let Some(token) = following {
                 self.start_step(&token)?;
             }
-            y.read(self.timing.generated + 1)?
+            let waited = Instant::now();
+            let id = y.read(self.timing.generated + 1)?;
+            if let Some((build, launch)) = self.launched.take() {
+                let wait = waited.elapsed().as_micros();
+                profile::record(|| {
+                    format!("decode build_us={build} launch_us={launch} wait_us={wait}")
+                });
+            }
+            id
         };
         let now = Instant::now();
         if self.first_token_at.is_none() {

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 mod model;
 pub mod models;
+pub mod profile;
 pub mod sampler;
 pub mod tokenizer;
 pub mod validate;

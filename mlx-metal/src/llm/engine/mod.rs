@@ -35,6 +35,7 @@ use inference::{
 
 use crate::llm::batch::Batch;
 use crate::llm::generate::{finite_witness, PREFILL_STEP};
+use crate::llm::profile;
 use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::NativeModel;
 use crate::nn::lora::AdapterRows;
@@ -571,12 +572,26 @@ impl Engine for NativeEngine<'_> {
 
     fn step(&mut self) -> inference::Result<Vec<EngineEvent>> {
         let mut events = std::mem::take(&mut self.early);
+        let mut t = std::time::Instant::now();
         if let Some(pending) = self.next.take() {
             self.read(pending, &mut events)?;
         }
+        let read = profile::lap(&mut t);
         self.remove_finished(&mut events)?;
+        let remove = profile::lap(&mut t);
+        let rows = self.rows.len();
         self.decode()?;
+        let decode = profile::lap(&mut t);
+        let waiting = self.waiting.len();
         self.admit(&mut events)?;
+        let admit = profile::lap(&mut t);
+        profile::record(|| {
+            let admitted = self.rows.len() - rows;
+            format!(
+                "engine rows={rows} admitted={admitted} waiting={waiting} read_us={read} \
+                 remove_us={remove} decode_us={decode} admit_us={admit}"
+            )
+        });
         self.steps += 1;
         if self.steps.is_multiple_of(256) {
             clear_cache()?;

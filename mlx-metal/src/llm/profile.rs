@@ -1,0 +1,54 @@
+//! Host-side step timings for speed work: when the environment variable
+//! `MLX_INFER_STEP_PROFILE` names a file, the generation loop and the
+//! serving engine append one line per step to it, saying how long the
+//! step took to build (Rust and mlx-c making the graph), to launch
+//! (`async_eval`, where MLX encodes the graph for the device) and how
+//! long reading its result waited. Off (and free) otherwise.
+//!
+//! Lines are plain `key=value` pairs after a kind word, e.g.
+//! `decode build_us=812 launch_us=1630 wait_us=240`.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// The environment variable naming the file.
+pub const PROFILE_ENV: &str = "MLX_INFER_STEP_PROFILE";
+
+fn sink() -> Option<&'static Mutex<File>> {
+    static SINK: OnceLock<Option<Mutex<File>>> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let path = std::env::var_os(PROFILE_ENV)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(Mutex::new(file))
+    })
+    .as_ref()
+}
+
+/// Whether step timings are being written.
+pub fn enabled() -> bool {
+    sink().is_some()
+}
+
+/// Appends the line `line()` makes, when timings are on.
+pub fn record(line: impl FnOnce() -> String) {
+    if let Some(file) = sink() {
+        if let Ok(mut f) = file.lock() {
+            // A profile is a diagnostic: a failed write loses a line, not the run.
+            let _ = writeln!(f, "{}", line());
+        }
+    }
+}
+
+/// Microseconds since `t`, and `t` moved to now.
+pub fn lap(t: &mut Instant) -> u128 {
+    let now = Instant::now();
+    let us = (now - *t).as_micros();
+    *t = now;
+    us
+}
