@@ -2,10 +2,14 @@
 //! machine as the ranks of MLX's `ring` backend over loopback, setting
 //! `MLX_RANK` and `MLX_HOSTFILE` as `mlx.launch` does. Rank 0 keeps the
 //! terminal; the others' output is shown only if they fail. When a rank
-//! fails, the others are stopped and its exit status is returned.
+//! fails, the others are stopped and its exit status is returned. SIGTERM
+//! sent to the launch is passed on to rank 0 (Ctrl-C at a terminal
+//! reaches every rank by itself).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -86,9 +90,26 @@ pub fn run(args: LaunchArgs) -> Result<i32> {
             .with_context(|| format!("cannot start rank {rank}"))?;
         children.push(Some(child));
     }
+    // SIGTERM sent to the launch goes on to rank 0, whose end ends the
+    // others (a server finishes its streams first). Ctrl-C at a terminal
+    // reaches every rank by itself.
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term))
+        .context("cannot watch for SIGTERM")?;
+    signal_hook::flag::register(
+        signal_hook::consts::SIGINT,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .context("cannot watch for Ctrl-C")?;
     let mut status = 0;
     let mut running = n;
     while running > 0 {
+        if term.swap(false, Ordering::SeqCst) {
+            if let Some(leader) = &children[0] {
+                let pid = nix::unistd::Pid::from_raw(leader.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
         for rank in 0..n {
             let Some(child) = children[rank].as_mut() else {
                 continue;

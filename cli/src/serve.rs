@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use inference::{ComputeDtype, LoadOptions};
+use inference::{ComputeDtype, Distributed, LoadOptions, Parallelism};
 use mlx_infer_server::{parse_adapters, ServerConfig};
 
 /// `mlx-infer serve`.
@@ -57,6 +57,17 @@ pub struct ServeArgs {
     /// Seconds running streams may go on after SIGTERM / Ctrl-C before they are cancelled.
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
+    /// Spread the model over the processes of a distributed launch
+    /// (`mlx-infer launch -n N -- serve ...`, or MLX_RANK and MLX_HOSTFILE
+    /// as mlx.launch sets them), each rank holding a share of every block.
+    /// Rank 0 serves HTTP; the other ranks run the same batch with it.
+    /// Only `tensor` serves (a pipelined model cannot batch yet).
+    #[arg(long, value_parser = ["tensor", "pipeline"])]
+    distributed: Option<String>,
+    /// MLX's distributed backend for --distributed: ring, nccl, mpi or
+    /// jaccl (default: the first available).
+    #[arg(long, requires = "distributed")]
+    distributed_backend: Option<String>,
 }
 
 /// Runs `mlx-infer serve`.
@@ -85,6 +96,17 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let mut opts = LoadOptions::default().dtype(args.dtype);
     opts.backend = args.backend;
     opts.adapter_path = args.adapter_path;
+    if let Some(kind) = &args.distributed {
+        if kind == "pipeline" {
+            bail!("serve --distributed pipeline: a pipeline-parallel model cannot batch requests yet; use --distributed tensor");
+        }
+        let mut d = Distributed::new(kind.parse::<Parallelism>()?);
+        d.backend = args.distributed_backend.clone();
+        opts.distributed = Some(d);
+        if !crate::launch::is_rank_zero() {
+            return follow(&dir, opts, &config);
+        }
+    }
     let loader = Box::new(move || {
         let model = inference::load_model_with(&dir, opts)?;
         eprintln!("{}", crate::loading::summary(model.info()));
@@ -92,5 +114,24 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     });
     mlx_infer_server::serve_blocking(config, loader)?;
     eprintln!("stopped");
+    Ok(0)
+}
+
+/// A rank other than 0 of `serve --distributed`: loads its share of the
+/// model and runs the batch rank 0 leads until rank 0 stops serving.
+/// Ctrl-C from a terminal, or SIGTERM sent to the whole process group
+/// (as service managers do), reaches every rank: this one leaves the
+/// decision to rank 0, which finishes its streams and then ends the others
+/// (a rank 0 that dies ends them with an error).
+fn follow(dir: &std::path::Path, opts: LoadOptions, config: &ServerConfig) -> Result<i32> {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal, ignored).context("cannot watch for signals")?;
+    }
+    let mut model = inference::load_model_with(dir, opts)?;
+    let mut engine = model.engine(&config.engine_options())?;
+    while engine.pending() > 0 {
+        engine.step()?;
+    }
     Ok(0)
 }

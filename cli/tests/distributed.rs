@@ -2,8 +2,21 @@
 //! local ranks of MLX's `ring` backend prints what one process prints.
 
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
+use serde_json::{json, Value};
 use test_support::fixtures;
+
+mod serve_support;
+use serve_support::{answer_text, cli_text, request, send, within, Server};
+
+/// One launch at a time: launches running side by side could pick the
+/// same free loopback ports, and on a small machine slow each other down.
+fn one_launch() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlx-infer"));
@@ -34,6 +47,7 @@ fn generate_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn launched_ranks_print_what_one_process_prints() {
+    let _turn = one_launch();
     let cases = [
         ("llama", "tensor", "2"),
         ("qwen3", "tensor", "2"),
@@ -67,6 +81,7 @@ fn launched_ranks_print_what_one_process_prints() {
 
 #[test]
 fn a_failing_rank_ends_the_launch_with_its_status() {
+    let _turn = one_launch();
     // One key/value head cannot be split over two ranks: every rank refuses.
     let model = fixtures().join("gemma3_text");
     let mut args = vec!["launch", "-n", "2", "--"];
@@ -82,6 +97,7 @@ fn a_failing_rank_ends_the_launch_with_its_status() {
 
 #[test]
 fn distributed_runs_need_the_native_backend_and_a_prompt_argument() {
+    let _turn = one_launch();
     let model = fixtures().join("qwen3");
     let model = model.to_str().unwrap();
     let out = run(&[
@@ -104,4 +120,125 @@ fn distributed_runs_need_the_native_backend_and_a_prompt_argument() {
     assert!(err.contains("--prompt"), "{err}");
     let out = run(&["launch", "-n", "2", "--", "launch", "-n", "2"]);
     assert_ne!(out.status.code(), Some(0));
+}
+
+/// A request's answer text from `port`: a completion of `prompt`, or (with
+/// `chat`) the reply to it as a user message, streamed or not.
+fn ask(port: u16, prompt: &str, chat: bool, stream: bool, extra: &Value) -> String {
+    let mut body = if chat {
+        json!({"messages": [{"role": "user", "content": prompt}]})
+    } else {
+        json!({"prompt": prompt})
+    };
+    body["max_tokens"] = json!(12);
+    body["temperature"] = json!(0);
+    body["stream"] = json!(stream);
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let path = if chat {
+        "/v1/chat/completions"
+    } else {
+        "/v1/completions"
+    };
+    let r = request(port, "POST", path, &[], Some(body.to_string().as_bytes())).unwrap();
+    answer_text(&r, stream)
+}
+
+/// `serve --distributed tensor` over two ranks: concurrent greedy requests
+/// (completions and chats, streamed or not) get the text one process
+/// gives, a seeded sampled request the tokens a one-process server gives,
+/// a client leaving mid-stream leaves the others as they were, and SIGTERM
+/// sent to the launch ends every rank with status 0.
+#[test]
+fn a_launched_server_answers_as_one_process() {
+    let _turn = one_launch();
+    let prompts = [
+        "Once upon a time",
+        "The capital of France is",
+        "1, 2, 3, 4,",
+        "Hello there",
+    ];
+    for fixture in ["qwen3", "llama"] {
+        let model = fixtures().join(fixture);
+        let expected: Vec<String> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| cli_text(&model, i % 2 == 1, p, 12))
+            .collect();
+        let seeded = json!({"temperature": 0.9, "seed": 7});
+        let alone = {
+            let server = Server::start(&model, &[]);
+            ask(server.port, prompts[0], false, false, &seeded)
+        };
+        let mut server = Server::launch(2, &model, &["--distributed", "tensor"]);
+        let port = server.port;
+        // A client that leaves after the first bytes of a long stream.
+        let leaver = within(Duration::from_secs(120), "a stream", move || {
+            let body = json!({"prompt": "Far away", "max_tokens": 200, "stream": true});
+            let mut s = send(
+                port,
+                "POST",
+                "/v1/completions",
+                &[],
+                Some(body.to_string().as_bytes()),
+            )
+            .unwrap();
+            let mut first = [0u8; 64];
+            std::io::Read::read(&mut s, &mut first).unwrap()
+        });
+        assert!(leaver > 0);
+        let answers: Vec<String> =
+            within(Duration::from_secs(300), "concurrent requests", move || {
+                let threads: Vec<_> = prompts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let p = p.to_string();
+                        std::thread::spawn(move || ask(port, &p, i % 2 == 1, i == 1, &json!({})))
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+        assert_eq!(
+            answers, expected,
+            "{fixture}: the text differs from one process's"
+        );
+        let sampled = ask(port, prompts[0], false, false, &seeded);
+        assert_eq!(
+            sampled, alone,
+            "{fixture}: seeded sampling differs from one process's"
+        );
+        server.signal("TERM");
+        let status = server.wait(Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "{fixture}: the launch ended with {status}"
+        );
+        let err: Vec<String> = server.stderr.try_iter().collect();
+        assert!(err.iter().any(|l| l == "stopped"), "{fixture}: {err:?}");
+        assert_eq!(
+            err.iter().filter(|l| l.starts_with("loaded ")).count(),
+            1,
+            "{err:?}"
+        );
+    }
+}
+
+/// A pipelined model cannot serve yet: refused before anything loads.
+#[test]
+fn serving_a_pipeline_is_refused() {
+    let model = fixtures().join("qwen3");
+    let out = run(&[
+        "serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--port",
+        "0",
+        "--distributed",
+        "pipeline",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --distributed tensor"), "{err}");
 }

@@ -38,8 +38,9 @@ pub type RequestId = u64;
 /// The most alternatives a request may ask for per token.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
-/// One request to an [`Engine`].
-#[derive(Debug, Clone)]
+/// One request to an [`Engine`]. Serialisable (without the options'
+/// cancellation token), so that a request can be sent to another process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct EngineRequest {
     /// A raw prompt or a conversation (rendered with the chat template).

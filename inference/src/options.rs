@@ -217,7 +217,7 @@ impl FromStr for ComputeDtype {
 /// assert_eq!(opts.max_tokens, 64);
 /// assert!(!opts.is_greedy());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct GenerateOptions {
     /// Most tokens to generate.
@@ -240,6 +240,8 @@ pub struct GenerateOptions {
     pub seed: Option<u64>,
     /// Checked every step: when cancelled the stream ends with
     /// [`StopReason::Cancelled`](crate::StopReason::Cancelled).
+    /// Not serialised: a cancellation belongs to the process that made it.
+    #[serde(skip)]
     pub cancel: Option<CancellationToken>,
     /// Refuse prompts longer than this many tokens
     /// ([`Error::ContextExceeded`](crate::Error::ContextExceeded)); without

@@ -42,12 +42,11 @@ impl Backend for MlxBackend {
                     "an adapter on a distributed model (fuse it into the weights first)".into(),
                 ));
             }
-            let group = crate::distributed::Group::init(d.backend.as_deref(), true)?;
             let kind = match d.parallelism {
                 inference::Parallelism::Tensor => crate::nn::ParallelKind::Tensor,
                 inference::Parallelism::Pipeline => crate::nn::ParallelKind::Pipeline,
             };
-            model.architecture_mut().parallelize(group, kind)?;
+            model.distribute(d.backend.as_deref(), kind)?;
         }
         if let Some(adapter) = &opts.adapter_path {
             model.load_adapter(adapter)?;

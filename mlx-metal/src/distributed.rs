@@ -46,6 +46,26 @@ pub fn is_available(backend: Option<&str>) -> Result<bool> {
     Ok(unsafe { sys::mlx_distributed_is_available(ptr) })
 }
 
+/// Words in the first part of [`Group::broadcast_bytes`]: messages of up
+/// to 4 × 255 bytes take one collective.
+pub const BROADCAST_WORDS: usize = 256;
+
+/// `bytes` into little-endian 32-bit words (the last one zero-padded).
+fn pack(bytes: &[u8], words: &mut [i32]) {
+    for (w, chunk) in words.iter_mut().zip(bytes.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = i32::from_le_bytes(b);
+    }
+}
+
+/// The first `len` bytes of `words`.
+fn unpack(words: &[i32], len: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    out.truncate(len);
+    out
+}
+
 /// A group of ranks. Every collective must be called by every rank of the
 /// group, in the same order.
 pub struct Group {
@@ -155,6 +175,53 @@ impl Group {
         Array::build(|res, s| unsafe {
             sys::mlx_distributed_recv_like(res, like.raw(), src as i32, self.raw, s)
         })
+    }
+
+    /// Rank 0's `bytes` on every rank (what the other ranks pass is not
+    /// read). Made of [`all_sum`](Self::all_sum)s in which only rank 0
+    /// adds anything: one of [`BROADCAST_WORDS`] 32-bit words (the length
+    /// and up to 4 × 255 bytes), and a second for the rest of a longer
+    /// message. Every rank must call it at the same point.
+    pub fn broadcast_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let lead = self.rank() == 0;
+        let head_room = 4 * (BROADCAST_WORDS - 1);
+        let mut first = vec![0i32; BROADCAST_WORDS];
+        if lead {
+            let len = i32::try_from(bytes.len()).map_err(|_| {
+                Error::InvalidArgument(format!("a broadcast of {} bytes", bytes.len()))
+            })?;
+            first[0] = len;
+            pack(&bytes[..bytes.len().min(head_room)], &mut first[1..]);
+        }
+        let first = self.all_sum(&Array::from_vec(&first)?)?.to_vec::<i32>()?;
+        let len = usize::try_from(first[0])
+            .map_err(|_| Error::Mlx(format!("a broadcast said it holds {} bytes", first[0])))?;
+        let mut out = unpack(&first[1..], len.min(head_room));
+        if len > head_room {
+            let rest = len - head_room;
+            let mut words = vec![0i32; rest.div_ceil(4)];
+            if lead {
+                pack(&bytes[head_room..], &mut words);
+            }
+            let words = self.all_sum(&Array::from_vec(&words)?)?.to_vec::<i32>()?;
+            out.extend(unpack(&words, rest));
+        }
+        Ok(out)
+    }
+
+    /// Seeds MLX's global random generator on every rank with one seed
+    /// that rank 0 draws (from the clock and its process id), so that
+    /// draws made without a key agree across ranks. Every rank must call
+    /// it at the same point.
+    pub fn share_random_seed(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mine = now ^ (u64::from(std::process::id()) << 32);
+        let shared = self.broadcast_bytes(&mine.to_le_bytes())?;
+        let seed = <[u8; 8]>::try_from(shared.as_slice())
+            .map_err(|_| Error::Mlx(format!("a shared seed of {} bytes", shared.len())))?;
+        crate::random::seed(u64::from_le_bytes(seed))
     }
 
     fn check_rank(&self, r: usize) -> Result<()> {

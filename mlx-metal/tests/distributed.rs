@@ -183,6 +183,57 @@ fn collectives_over_a_loopback_ring() {
     }
 }
 
+/// `broadcast_bytes` hands rank 0's bytes to every rank (short messages
+/// in one collective, longer ones in two, an empty one too), and
+/// `share_random_seed` makes unkeyed random draws agree across ranks.
+#[test]
+fn rank_zero_bytes_and_random_seed_reach_every_rank() {
+    if role().as_deref() == Some("broadcast") {
+        let g = Group::init(Some("ring"), true).unwrap();
+        let edge = 4 * (distributed::BROADCAST_WORDS - 1);
+        for len in [0, 5, edge, edge + 1, 5000] {
+            // every rank offers different bytes; rank 0's must win
+            let mine: Vec<u8> = (0..len).map(|i| (i * 7 + g.rank() * 13) as u8).collect();
+            let got = g.broadcast_bytes(&mine).unwrap();
+            let sum: u64 = got.iter().map(|&b| u64::from(b)).sum();
+            println!("bytes{len}={},{sum}", got.len());
+        }
+        // different local seeds, then the shared one
+        mlx_metal::random::seed(1000 + g.rank() as u64).unwrap();
+        g.share_random_seed().unwrap();
+        let draws = mlx_metal::random::uniform(0.0, 1.0, &[4], Dtype::Float32, None).unwrap();
+        println!("draws={:?}", draws.to_vec::<f32>().unwrap());
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    let ranks = run_ranks(
+        "rank_zero_bytes_and_random_seed_reach_every_rank",
+        "broadcast",
+        3,
+    );
+    let edge = 4 * (distributed::BROADCAST_WORDS - 1);
+    for (rank, (code, text)) in ranks.iter().enumerate() {
+        assert_eq!(*code, Some(0), "rank {rank}:\n{text}");
+        for len in [0, 5, edge, edge + 1, 5000] {
+            let sum: u64 = (0..len).map(|i| u64::from((i * 7) as u8)).sum();
+            assert_eq!(
+                reported(text, &format!("bytes{len}")),
+                format!("{len},{sum}"),
+                "rank {rank}"
+            );
+        }
+        assert_eq!(
+            reported(text, "draws"),
+            reported(&ranks[0].1, "draws"),
+            "rank {rank}"
+        );
+    }
+    let draws = reported(&ranks[0].1, "draws");
+    assert_ne!(draws, "[0.0, 0.0, 0.0, 0.0]");
+}
+
 #[test]
 fn a_rank_that_dies_ends_the_others_with_an_error() {
     if role().as_deref() == Some("dies") {

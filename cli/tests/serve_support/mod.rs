@@ -43,7 +43,18 @@ impl Server {
     /// Starts `mlx-infer serve --model MODEL --port 0 ARGS` and waits (up
     /// to two minutes) until `/health` says ok.
     pub fn start(model: &Path, args: &[&str]) -> Server {
+        Server::start_with(&[], model, args)
+    }
+
+    /// [`start`](Self::start) as `ranks` processes of `mlx-infer launch`
+    /// (`launch -n RANKS -- serve ...`); the child is the launcher.
+    pub fn launch(ranks: usize, model: &Path, args: &[&str]) -> Server {
+        Server::start_with(&["launch", "-n", &ranks.to_string(), "--"], model, args)
+    }
+
+    fn start_with(before: &[&str], model: &Path, args: &[&str]) -> Server {
         let mut child = cli()
+            .args(before)
             .arg("serve")
             .arg("--model")
             .arg(model)

@@ -8,6 +8,7 @@ use inference::{
     Input, Message, Metrics, ModelInfo, StopReason, TextModel, Token, TokenSource, TokenStream,
 };
 
+use crate::distributed::Group;
 use crate::llm::batch::{self, BatchGeneration};
 use crate::llm::chat_template::{ChatTemplate, TemplateMessage};
 use crate::llm::config::Config;
@@ -18,6 +19,7 @@ use crate::llm::models::{self, Architecture};
 use crate::llm::tokenizer::Tokenizer;
 use crate::llm::validate;
 use crate::llm::weights::Weights;
+use crate::nn::ParallelKind;
 use crate::{backend_name, Error, Result};
 
 /// A language model running in-process on MLX.
@@ -38,6 +40,8 @@ pub struct NativeModel {
     template: Option<ChatTemplate>,
     info: ModelInfo,
     metrics: Metrics,
+    /// The group the model is spread over, once [`distribute`](Self::distribute)d.
+    group: Option<Group>,
 }
 
 impl NativeModel {
@@ -126,6 +130,7 @@ impl NativeModel {
             template,
             info,
             metrics: Metrics::default(),
+            group: None,
         })
     }
 
@@ -137,6 +142,44 @@ impl NativeModel {
     /// The architecture (for direct forward passes).
     pub fn architecture(&self) -> &dyn Architecture {
         self.arch.as_ref()
+    }
+
+    /// Spreads the model over the ranks of MLX's distributed group (the
+    /// one the environment describes, through `backend`, the first
+    /// available when `None`): every rank holds a share of each block
+    /// ([`ParallelKind::Tensor`]) or a run of whole blocks
+    /// ([`ParallelKind::Pipeline`]). Every rank must load the same model
+    /// and call this with the same arguments. MLX's global random
+    /// generator is then seeded alike on every rank (with a seed rank 0
+    /// draws), so that unseeded sampling picks the same tokens everywhere.
+    ///
+    /// ```no_run
+    /// use mlx_metal::llm::NativeModel;
+    /// use mlx_metal::nn::ParallelKind;
+    ///
+    /// // run as every rank of `mlx-infer launch -n 2 -- ...` or `mlx.launch`
+    /// let mut model = NativeModel::load("fixtures/qwen3".as_ref())?;
+    /// model.distribute(Some("ring"), ParallelKind::Tensor)?;
+    /// # Ok::<(), mlx_metal::Error>(())
+    /// ```
+    pub fn distribute(&mut self, backend: Option<&str>, kind: ParallelKind) -> Result<()> {
+        if self.group.is_some() {
+            return Err(Error::InvalidArgument(
+                "the model is already spread over a group".into(),
+            ));
+        }
+        self.arch.parallelize(Group::init(backend, true)?, kind)?;
+        // MLX hands out the same group to a second `init`: a handle of
+        // our own for the engine's messages.
+        let group = Group::init(backend, true)?;
+        group.share_random_seed()?;
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// The group the model is spread over, if it is.
+    pub fn group(&self) -> Option<&Group> {
+        self.group.as_ref()
     }
 
     /// The architecture, mutable (to attach adapters or update parameters
@@ -363,8 +406,14 @@ impl TextModel for NativeModel {
         options: &inference::EngineOptions,
     ) -> inference::Result<Box<dyn inference::Engine + '_>> {
         self.refuse_pipelined("the serving engine")?;
-        Ok(Box::new(crate::llm::engine::NativeEngine::new(
-            self, options,
-        )?))
+        use crate::llm::engine::{Follower, Leader, NativeEngine};
+        let engine = NativeEngine::new(self, options)?;
+        // On a distributed model every rank runs the same engine, rank 0
+        // leading (see `engine::replicated`).
+        Ok(match engine.model.group() {
+            None => Box::new(engine),
+            Some(group) if group.rank() == 0 => Box::new(Leader::new(engine, group)),
+            Some(group) => Box::new(Follower::new(engine, group)),
+        })
     }
 }

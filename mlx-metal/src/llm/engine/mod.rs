@@ -24,7 +24,10 @@
 
 mod adapters;
 mod prefix_cache;
+mod replicated;
 mod row;
+
+pub use replicated::{Follower, Leader};
 
 use std::collections::{HashSet, VecDeque};
 
@@ -115,7 +118,7 @@ impl Pending {
 
 /// The native backend's [`Engine`]; see the [module documentation](self).
 pub struct NativeEngine<'m> {
-    model: &'m NativeModel,
+    pub(crate) model: &'m NativeModel,
     options: EngineOptions,
     /// Each layer's sliding window (for caches rebuilt from stored ones).
     windows: Vec<Option<i32>>,
