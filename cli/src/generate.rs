@@ -180,6 +180,16 @@ impl CommonArgs {
         )
     }
 
+    /// Rank 0's `text` on every rank of a distributed run (what the other
+    /// ranks pass is not read); `text` itself otherwise. Every rank must
+    /// call it at the same point, after loading the model.
+    pub fn rank_zero_text(&self, text: String) -> Result<String> {
+        if self.distributed.is_none() {
+            return Ok(text);
+        }
+        share_text(self.distributed_backend.as_deref(), text)
+    }
+
     /// True on the ranks of a distributed run other than rank 0: they
     /// generate with the others but print nothing.
     pub fn follower(&self) -> bool {
@@ -188,12 +198,13 @@ impl CommonArgs {
 }
 
 /// Runs a generation to its end without printing (a distributed run's
-/// ranks other than 0); returns the stop reason.
-fn drain(mut stream: TokenStream<'_>) -> Result<Option<StopReason>> {
+/// ranks other than 0); returns the stop reason and the text.
+fn drain(mut stream: TokenStream<'_>) -> Result<(Option<StopReason>, String)> {
+    let mut text = String::new();
     for token in stream.by_ref() {
-        token?;
+        text.push_str(&token?.text);
     }
-    Ok(stream.stop_reason())
+    Ok((stream.stop_reason(), text))
 }
 
 /// Set while the interactive chat waits for the user's next line: Ctrl-C
@@ -284,11 +295,11 @@ fn exit_code(reason: Option<StopReason>) -> i32 {
 
 /// Runs `mlx-infer generate`.
 pub fn generate(args: GenerateArgs) -> Result<i32> {
-    if args.common.distributed.is_some() && args.prompt.is_none() {
-        bail!("a distributed run takes its prompt from --prompt (every rank must read the same)");
-    }
+    let follower = args.common.follower();
     let prompt = match args.prompt {
         Some(p) => p,
+        // a distributed run's other ranks get the prompt from rank 0
+        None if follower => String::new(),
         None => {
             if std::io::stdin().is_terminal() {
                 bail!("no prompt: pass --prompt TEXT or pipe the prompt on stdin");
@@ -300,12 +311,15 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
             text
         }
     };
-    inference::check_prompt(&prompt)?;
+    if !follower {
+        inference::check_prompt(&prompt)?;
+    }
     let cancel = cancel_on_ctrl_c()?;
     let mut model = args.common.load()?;
+    let prompt = args.common.rank_zero_text(prompt)?;
     let opts = args.common.options(cancel);
-    if args.common.follower() {
-        return Ok(exit_code(drain(model.generate(&prompt, &opts))?));
+    if follower {
+        return Ok(exit_code(drain(model.generate(&prompt, &opts))?.0));
     }
     let mut text = String::new();
     let reason = stream_out(model.generate(&prompt, &opts), args.common.json, &mut text)?;
@@ -315,15 +329,13 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
 
 /// Runs `mlx-infer chat`.
 pub fn chat(args: ChatArgs) -> Result<i32> {
-    if args.common.distributed.is_some() && args.message.is_none() {
-        bail!(
-            "a distributed chat takes its message from --message (every rank must read the same)"
-        );
-    }
+    let follower = args.common.follower();
     let cancel = cancel_on_ctrl_c()?;
     let mut history: Vec<Message> = args.system.iter().map(Message::system).collect();
     let one_shot = match &args.message {
         Some(m) => Some(m.clone()),
+        // a distributed run's other ranks get the message from rank 0
+        None if follower => None,
         None if !std::io::stdin().is_terminal() => {
             let mut text = String::new();
             std::io::stdin()
@@ -339,11 +351,22 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
         inference::check_messages(&first)?;
     }
     let mut model = args.common.load()?;
+    // Every rank of a distributed chat learns from rank 0 whether it is
+    // one message or a conversation.
+    let one_shot = match args.common.distributed {
+        None => one_shot,
+        Some(_) => {
+            let shared = args
+                .common
+                .rank_zero_text(serde_json::to_string(&one_shot)?)?;
+            serde_json::from_str(&shared).context("a bad message from rank 0")?
+        }
+    };
     if let Some(message) = one_shot {
         history.push(Message::user(message));
         let opts = args.common.options(cancel);
-        if args.common.follower() {
-            return Ok(exit_code(drain(model.chat(&history, &opts))?));
+        if follower {
+            return Ok(exit_code(drain(model.chat(&history, &opts))?.0));
         }
         let mut reply = String::new();
         let reason = stream_out(model.chat(&history, &opts), args.common.json, &mut reply)?;
@@ -351,22 +374,39 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
         return Ok(exit_code(reason));
     }
 
-    eprintln!(
-        "chatting with {} (empty line, Ctrl-D or Ctrl-C quits; Ctrl-C during a reply stops it and quits)",
-        model.info().path.display()
-    );
+    if !follower {
+        eprintln!(
+            "chatting with {} (empty line, Ctrl-D or Ctrl-C quits; Ctrl-C during a reply stops it and quits)",
+            model.info().path.display()
+        );
+    }
     let opts = args.common.options(cancel);
     let stdin = std::io::stdin();
     loop {
-        eprint!("> ");
         let mut line = String::new();
-        AT_PROMPT.store(true, Ordering::SeqCst);
-        let read = stdin.lock().read_line(&mut line);
-        AT_PROMPT.store(false, Ordering::SeqCst);
-        if read? == 0 || line.trim().is_empty() {
+        if !follower {
+            eprint!("> ");
+            AT_PROMPT.store(true, Ordering::SeqCst);
+            let read = stdin.lock().read_line(&mut line);
+            AT_PROMPT.store(false, Ordering::SeqCst);
+            if read? == 0 {
+                line.clear();
+            }
+        }
+        // rank 0's line on every rank (an empty one ends them all)
+        let line = args.common.rank_zero_text(line)?;
+        if line.trim().is_empty() {
             return Ok(0);
         }
         history.push(Message::user(line.trim_end()));
+        if follower {
+            let (reason, reply) = drain(model.chat(&history, &opts))?;
+            if reason == Some(StopReason::Cancelled) {
+                return Ok(INTERRUPTED);
+            }
+            history.push(Message::assistant(reply));
+            continue;
+        }
         let mut reply = String::new();
         let reason = stream_out(model.chat(&history, &opts), args.common.json, &mut reply)?;
         summary(model.as_ref(), reason, args.common.json)?;
@@ -375,4 +415,19 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
         }
         history.push(Message::assistant(reply));
     }
+}
+
+/// Rank 0's `text` on every rank of the distributed group.
+#[cfg(feature = "metal")]
+fn share_text(backend: Option<&str>, text: String) -> Result<String> {
+    // MLX hands out the group the model was spread over.
+    let group = mlx_metal::distributed::Group::init(backend, true)?;
+    let bytes = group.broadcast_bytes(text.as_bytes())?;
+    String::from_utf8(bytes).context("rank 0 sent text that is not UTF-8")
+}
+
+/// Without the native backend there is no distributed run.
+#[cfg(not(feature = "metal"))]
+fn share_text(_backend: Option<&str>, _text: String) -> Result<String> {
+    bail!("distributed runs need the native MLX backend, which this build leaves out")
 }

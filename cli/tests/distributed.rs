@@ -96,7 +96,7 @@ fn a_failing_rank_ends_the_launch_with_its_status() {
 }
 
 #[test]
-fn distributed_runs_need_the_native_backend_and_a_prompt_argument() {
+fn distributed_runs_need_the_native_backend() {
     let _turn = one_launch();
     let model = fixtures().join("qwen3");
     let model = model.to_str().unwrap();
@@ -114,10 +114,6 @@ fn distributed_runs_need_the_native_backend_and_a_prompt_argument() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("runs in one process"), "{err}");
-    let out = run(&["generate", "--model", model, "--distributed", "pipeline"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--prompt"), "{err}");
     let out = run(&["launch", "-n", "2", "--", "launch", "-n", "2"]);
     assert_ne!(out.status.code(), Some(0));
 }
@@ -241,4 +237,45 @@ fn serving_a_pipeline_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("use --distributed tensor"), "{err}");
+}
+
+/// Without `--prompt`, rank 0 reads the prompt from stdin and hands it to
+/// the others; a message piped to a distributed chat goes the same way.
+#[test]
+fn rank_zero_reads_stdin_for_every_rank() {
+    let _turn = one_launch();
+    let model = fixtures().join("qwen3");
+    let model = model.to_str().unwrap();
+    for (command, flag) in [("generate", "--prompt"), ("chat", "--message")] {
+        let alone = run(&[
+            command,
+            "--model",
+            model,
+            flag,
+            "Once upon a time",
+            "--max-tokens",
+            "12",
+        ]);
+        assert!(alone.status.success(), "{alone:?}");
+        let mut child = cli()
+            .args(["launch", "-n", "2", "--", command, "--model", model])
+            .args(["--max-tokens", "12", "--distributed", "tensor"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Once upon a time")
+            .unwrap();
+        let launched = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&launched.stderr);
+        assert!(launched.status.success(), "{command}: {err}");
+        assert!(!alone.stdout.is_empty());
+        assert_eq!(launched.stdout, alone.stdout, "{command}: the text differs");
+    }
 }
