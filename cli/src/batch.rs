@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use inference::{BatchEvent, BatchOptions, ClassifyOptions, Completion, StopReason};
 use serde_json::{json, Map, Value};
 
+use crate::distributed::DistributedArgs;
 use crate::generate::{cancel_on_ctrl_c, CommonArgs, INTERRUPTED};
 use crate::inputs;
 
@@ -51,6 +52,8 @@ pub struct ClassifyArgs {
     /// One JSON object per input, then a summary.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    distributed: DistributedArgs,
 }
 
 /// `mlx-infer batch`.
@@ -67,6 +70,20 @@ pub struct BatchArgs {
     skip_invalid: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// The inputs of `--input` (or stdin) as [`inputs::read`] checks them; on
+/// the other ranks of a distributed run, none (rank 0 hands its own over
+/// once the model is loaded).
+fn read_inputs(
+    distributed: &DistributedArgs,
+    path: Option<&std::path::Path>,
+    skip_invalid: bool,
+) -> Result<Vec<(usize, inference::Input)>> {
+    if distributed.follower() {
+        return Ok(Vec::new());
+    }
+    Ok(inputs::read(path, skip_invalid)?.inputs)
 }
 
 /// Inputs per call of `classify`, so the progress bar moves.
@@ -86,13 +103,16 @@ fn progress(total: usize) -> ProgressBar {
 
 /// Runs `mlx-infer classify`.
 pub fn classify(args: ClassifyArgs) -> Result<i32> {
-    let parsed = inputs::read(args.input.as_deref(), args.skip_invalid)?;
-    let mut model = crate::generate::load(
+    let follower = args.distributed.follower();
+    let parsed = read_inputs(&args.distributed, args.input.as_deref(), args.skip_invalid)?;
+    let mut model = crate::generate::load_with(
         args.model.clone(),
         args.backend.as_deref(),
         args.dtype,
         args.adapter_path.as_deref(),
+        args.distributed.load_option()?,
     )?;
+    let parsed = args.distributed.rank_zero_value(parsed)?;
     let opts = ClassifyOptions::default()
         .top_k(args.top_k)
         .labels(args.labels.iter().map(|l| l.as_str()))
@@ -102,13 +122,16 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
                 .max_batch_tokens(args.max_batch_tokens),
         );
     let started = Instant::now();
-    let bar = progress(parsed.inputs.len());
+    let bar = progress(parsed.len());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (mut prompt_tokens, mut peak) = (0usize, 0u64);
-    for chunk in parsed.inputs.chunks(CLASSIFY_CHUNK) {
+    for chunk in parsed.chunks(CLASSIFY_CHUNK) {
         let batch: Vec<inference::Input> = chunk.iter().map(|(_, i)| i.clone()).collect();
         let results = model.classify(&batch, &opts)?;
+        if follower {
+            continue;
+        }
         let m = model.metrics();
         peak = peak.max(m.peak_memory_bytes);
         for (c, (line, _)) in results.iter().zip(chunk) {
@@ -148,8 +171,11 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    if follower {
+        return Ok(0);
+    }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let n = parsed.inputs.len();
+    let n = parsed.len();
     if args.json {
         writeln!(
             out,
@@ -174,14 +200,26 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
 
 /// Runs `mlx-infer batch`.
 pub fn batch(args: BatchArgs) -> Result<i32> {
-    let parsed = inputs::read(args.input.as_deref(), args.skip_invalid)?;
+    let follower = args.common.follower();
+    let parsed = read_inputs(
+        &args.common.distributed,
+        args.input.as_deref(),
+        args.skip_invalid,
+    )?;
     let cancel = cancel_on_ctrl_c()?;
     let mut model = args.common.load()?;
+    let parsed = args.common.distributed.rank_zero_value(parsed)?;
     let opts = args.common.options(cancel);
     let batch = BatchOptions::default().batch_size(args.batch_size);
-    let lines: Vec<usize> = parsed.inputs.iter().map(|(l, _)| *l).collect();
-    let batch_inputs: Vec<inference::Input> =
-        parsed.inputs.iter().map(|(_, i)| i.clone()).collect();
+    let lines: Vec<usize> = parsed.iter().map(|(l, _)| *l).collect();
+    let batch_inputs: Vec<inference::Input> = parsed.iter().map(|(_, i)| i.clone()).collect();
+    if follower {
+        let mut stream = model.generate_batch(&batch_inputs, &opts, &batch);
+        for event in stream.by_ref() {
+            event?;
+        }
+        return Ok(0);
+    }
     let started = Instant::now();
     let bar = progress(lines.len());
     let stdout = std::io::stdout();

@@ -8,9 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use inference::{
     CancellationToken, ComputeDtype, Distributed, GenerateOptions, LoadOptions, Message,
-    Parallelism, StopReason, TextModel, TokenStream,
+    StopReason, TextModel, TokenStream,
 };
 use serde_json::json;
+
+use crate::distributed::DistributedArgs;
 
 /// Exit status after Ctrl-C (128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;
@@ -68,16 +70,8 @@ pub struct CommonArgs {
     /// One JSON object per line: each token, then a summary.
     #[arg(long)]
     json: bool,
-    /// Spread the model over the processes of a distributed launch
-    /// (`mlx-infer launch`, or MLX_RANK and MLX_HOSTFILE as mlx.launch sets
-    /// them): `tensor` (each rank a share of every block) or `pipeline`
-    /// (each rank a run of blocks). Rank 0 prints; the others stay quiet.
-    #[arg(long, value_parser = ["tensor", "pipeline"])]
-    distributed: Option<String>,
-    /// MLX's distributed backend for --distributed: ring, nccl, mpi or
-    /// jaccl (default: the first available).
-    #[arg(long, requires = "distributed")]
-    distributed_backend: Option<String>,
+    #[command(flatten)]
+    pub distributed: DistributedArgs,
 }
 
 /// `mlx-infer generate`.
@@ -105,19 +99,9 @@ pub struct ChatArgs {
 }
 
 /// Loads `model` (or the default one) with `backend` (or the best),
-/// computing in `dtype`, and says on stderr what was loaded and how it
-/// computes.
-pub fn load(
-    model: Option<PathBuf>,
-    backend: Option<&str>,
-    dtype: ComputeDtype,
-    adapter_path: Option<&Path>,
-) -> Result<Box<dyn TextModel>> {
-    load_with(model, backend, dtype, adapter_path, None)
-}
-
-/// [`load`], spread over the ranks of a distributed launch when
-/// `distributed` says so (only rank 0 reports what was loaded).
+/// computing in `dtype`, spread over the ranks of a distributed launch
+/// when `distributed` says so, and says on stderr what was loaded and how
+/// it computes (rank 0 only).
 pub fn load_with(
     model: Option<PathBuf>,
     backend: Option<&str>,
@@ -163,37 +147,19 @@ impl CommonArgs {
 
     /// Loads the model these options name.
     pub fn load(&self) -> Result<Box<dyn TextModel>> {
-        let distributed = match &self.distributed {
-            None => None,
-            Some(p) => {
-                let mut d = Distributed::new(p.parse::<Parallelism>()?);
-                d.backend = self.distributed_backend.clone();
-                Some(d)
-            }
-        };
         load_with(
             self.model.clone(),
             self.backend.as_deref(),
             self.dtype,
             self.adapter_path.as_deref(),
-            distributed,
+            self.distributed.load_option()?,
         )
-    }
-
-    /// Rank 0's `text` on every rank of a distributed run (what the other
-    /// ranks pass is not read); `text` itself otherwise. Every rank must
-    /// call it at the same point, after loading the model.
-    pub fn rank_zero_text(&self, text: String) -> Result<String> {
-        if self.distributed.is_none() {
-            return Ok(text);
-        }
-        share_text(self.distributed_backend.as_deref(), text)
     }
 
     /// True on the ranks of a distributed run other than rank 0: they
     /// generate with the others but print nothing.
     pub fn follower(&self) -> bool {
-        self.distributed.is_some() && !crate::launch::is_rank_zero()
+        self.distributed.follower()
     }
 }
 
@@ -316,7 +282,7 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
     }
     let cancel = cancel_on_ctrl_c()?;
     let mut model = args.common.load()?;
-    let prompt = args.common.rank_zero_text(prompt)?;
+    let prompt = args.common.distributed.rank_zero_text(prompt)?;
     let opts = args.common.options(cancel);
     if follower {
         return Ok(exit_code(drain(model.generate(&prompt, &opts))?.0));
@@ -353,15 +319,7 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
     let mut model = args.common.load()?;
     // Every rank of a distributed chat learns from rank 0 whether it is
     // one message or a conversation.
-    let one_shot = match args.common.distributed {
-        None => one_shot,
-        Some(_) => {
-            let shared = args
-                .common
-                .rank_zero_text(serde_json::to_string(&one_shot)?)?;
-            serde_json::from_str(&shared).context("a bad message from rank 0")?
-        }
-    };
+    let one_shot = args.common.distributed.rank_zero_value(one_shot)?;
     if let Some(message) = one_shot {
         history.push(Message::user(message));
         let opts = args.common.options(cancel);
@@ -394,7 +352,7 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
             }
         }
         // rank 0's line on every rank (an empty one ends them all)
-        let line = args.common.rank_zero_text(line)?;
+        let line = args.common.distributed.rank_zero_text(line)?;
         if line.trim().is_empty() {
             return Ok(0);
         }
@@ -415,19 +373,4 @@ pub fn chat(args: ChatArgs) -> Result<i32> {
         }
         history.push(Message::assistant(reply));
     }
-}
-
-/// Rank 0's `text` on every rank of the distributed group.
-#[cfg(feature = "metal")]
-fn share_text(backend: Option<&str>, text: String) -> Result<String> {
-    // MLX hands out the group the model was spread over.
-    let group = mlx_metal::distributed::Group::init(backend, true)?;
-    let bytes = group.broadcast_bytes(text.as_bytes())?;
-    String::from_utf8(bytes).context("rank 0 sent text that is not UTF-8")
-}
-
-/// Without the native backend there is no distributed run.
-#[cfg(not(feature = "metal"))]
-fn share_text(_backend: Option<&str>, _text: String) -> Result<String> {
-    bail!("distributed runs need the native MLX backend, which this build leaves out")
 }

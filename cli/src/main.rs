@@ -4,6 +4,7 @@ mod backends;
 mod batch;
 mod bench;
 mod convert;
+mod distributed;
 mod fuse;
 mod generate;
 mod inputs;

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use inference::{ComputeDtype, Distributed, LoadOptions, Parallelism};
+use inference::{ComputeDtype, LoadOptions};
 use mlx_infer_server::{parse_adapters, ServerConfig};
+
+use crate::distributed::DistributedArgs;
 
 /// `mlx-infer serve`.
 #[derive(Args, Debug)]
@@ -57,17 +59,8 @@ pub struct ServeArgs {
     /// Seconds running streams may go on after SIGTERM / Ctrl-C before they are cancelled.
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
-    /// Spread the model over the processes of a distributed launch
-    /// (`mlx-infer launch -n N -- serve ...`, or MLX_RANK and MLX_HOSTFILE
-    /// as mlx.launch sets them), each rank holding a share of every block.
-    /// Rank 0 serves HTTP; the other ranks run the same batch with it.
-    /// Only `tensor` serves (a pipelined model cannot batch yet).
-    #[arg(long, value_parser = ["tensor", "pipeline"])]
-    distributed: Option<String>,
-    /// MLX's distributed backend for --distributed: ring, nccl, mpi or
-    /// jaccl (default: the first available).
-    #[arg(long, requires = "distributed")]
-    distributed_backend: Option<String>,
+    #[command(flatten)]
+    distributed: DistributedArgs,
 }
 
 /// Runs `mlx-infer serve`.
@@ -96,16 +89,9 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let mut opts = LoadOptions::default().dtype(args.dtype);
     opts.backend = args.backend;
     opts.adapter_path = args.adapter_path;
-    if let Some(kind) = &args.distributed {
-        if kind == "pipeline" {
-            bail!("serve --distributed pipeline: a pipeline-parallel model cannot batch requests yet; use --distributed tensor");
-        }
-        let mut d = Distributed::new(kind.parse::<Parallelism>()?);
-        d.backend = args.distributed_backend.clone();
-        opts.distributed = Some(d);
-        if !crate::launch::is_rank_zero() {
-            return follow(&dir, opts, &config);
-        }
+    opts.distributed = args.distributed.load_option()?;
+    if args.distributed.follower() {
+        return follow(&dir, opts, &config);
     }
     let loader = Box::new(move || {
         let model = inference::load_model_with(&dir, opts)?;

@@ -141,7 +141,8 @@ fn ask(port: u16, prompt: &str, chat: bool, stream: bool, extra: &Value) -> Stri
     answer_text(&r, stream)
 }
 
-/// `serve --distributed tensor` over two ranks: concurrent greedy requests
+/// `serve --distributed` over two ranks, tensor- and pipeline-parallel:
+/// concurrent greedy requests
 /// (completions and chats, streamed or not) get the text one process
 /// gives, a seeded sampled request the tokens a one-process server gives,
 /// a client leaving mid-stream leaves the others as they were, and SIGTERM
@@ -155,7 +156,11 @@ fn a_launched_server_answers_as_one_process() {
         "1, 2, 3, 4,",
         "Hello there",
     ];
-    for fixture in ["qwen3", "llama"] {
+    for (fixture, kind) in [
+        ("qwen3", "tensor"),
+        ("llama", "tensor"),
+        ("gemma3_text", "pipeline"),
+    ] {
         let model = fixtures().join(fixture);
         let expected: Vec<String> = prompts
             .iter()
@@ -167,7 +172,7 @@ fn a_launched_server_answers_as_one_process() {
             let server = Server::start(&model, &[]);
             ask(server.port, prompts[0], false, false, &seeded)
         };
-        let mut server = Server::launch(2, &model, &["--distributed", "tensor"]);
+        let mut server = Server::launch(2, &model, &["--distributed", kind]);
         let port = server.port;
         // A client that leaves after the first bytes of a long stream.
         let leaver = within(Duration::from_secs(120), "a stream", move || {
@@ -221,24 +226,6 @@ fn a_launched_server_answers_as_one_process() {
     }
 }
 
-/// A pipelined model cannot serve yet: refused before anything loads.
-#[test]
-fn serving_a_pipeline_is_refused() {
-    let model = fixtures().join("qwen3");
-    let out = run(&[
-        "serve",
-        "--model",
-        model.to_str().unwrap(),
-        "--port",
-        "0",
-        "--distributed",
-        "pipeline",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("use --distributed tensor"), "{err}");
-}
-
 /// Without `--prompt`, rank 0 reads the prompt from stdin and hands it to
 /// the others; a message piped to a distributed chat goes the same way.
 #[test]
@@ -278,4 +265,106 @@ fn rank_zero_reads_stdin_for_every_rank() {
         assert!(!alone.stdout.is_empty());
         assert_eq!(launched.stdout, alone.stdout, "{command}: the text differs");
     }
+}
+
+/// The JSON lines of `mlx-infer ARGS` that carry an `index`, with `stdin`
+/// piped in.
+fn indexed_lines(args: &[&str], stdin: &str) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = cli()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("index").is_some())
+        .collect()
+}
+
+/// `batch` and `classify` spread over ranks (inputs piped to rank 0 or
+/// named by `--input`): the same completions as one process, and the same
+/// classifications (ids equal, logprobs to 1e-4: the ranks sum partial
+/// products in another order).
+#[test]
+fn batch_and_classify_over_ranks_match_one_process() {
+    let _turn = one_launch();
+    let inputs = "Once upon a time\nHello there\nThe capital of France is\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n";
+    let file =
+        std::env::temp_dir().join(format!("mlx-infer-dist-inputs-{}.txt", std::process::id()));
+    std::fs::write(&file, inputs).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let cases = [
+        ("qwen3", "tensor", "2"),
+        ("qwen3", "pipeline", "2"),
+        ("gemma3_text", "pipeline", "4"),
+        ("llama-4bit", "pipeline", "2"),
+    ];
+    for (fixture, kind, n) in cases {
+        let model = fixtures().join(fixture);
+        let model = model.to_str().unwrap();
+        let batch = [
+            "batch",
+            "--model",
+            model,
+            "--input",
+            &file,
+            "--max-tokens",
+            "10",
+            "--json",
+        ];
+        let alone = indexed_lines(&batch, "");
+        let mut launched = vec!["launch", "-n", n, "--"];
+        launched.extend(batch);
+        launched.extend(["--distributed", kind]);
+        let spread = indexed_lines(&launched, "");
+        assert_eq!(alone.len(), 4);
+        assert_eq!(spread, alone, "{fixture} {kind} over {n}: batch differs");
+
+        let classify = ["classify", "--model", model, "--json", "--top-k", "3"];
+        let alone = indexed_lines(&classify, inputs);
+        let mut launched = vec!["launch", "-n", n, "--"];
+        launched.extend(classify);
+        launched.extend(["--distributed", kind]);
+        let spread = indexed_lines(&launched, inputs);
+        assert_eq!(spread.len(), alone.len(), "{fixture} {kind} over {n}");
+        for (a, b) in alone.iter().zip(&spread) {
+            assert_eq!(a["index"], b["index"]);
+            assert_eq!(a["id"], b["id"], "{fixture} {kind} over {n}: {a} vs {b}");
+            let ids = |v: &Value| -> Vec<Value> {
+                v["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["id"].clone())
+                    .collect()
+            };
+            assert_eq!(ids(a), ids(b), "{fixture} {kind} over {n}");
+            let (x, y) = (
+                a["logprob"].as_f64().unwrap(),
+                b["logprob"].as_f64().unwrap(),
+            );
+            assert!(
+                (x - y).abs() < 1e-4,
+                "{fixture} {kind} over {n}: {x} vs {y}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&file);
 }

@@ -45,17 +45,6 @@ pub struct NativeModel {
 }
 
 impl NativeModel {
-    /// Batched work reads prompts without the pipeline's hand-over between
-    /// ranks: refused on a pipelined model (one prompt at a time works).
-    fn refuse_pipelined(&self, what: &str) -> inference::Result<()> {
-        if self.architecture().pipelined() {
-            return Err(inference::Error::Unsupported(format!(
-                "{what} on a pipeline-parallel model (use tensor parallelism, or generate)"
-            )));
-        }
-        Ok(())
-    }
-
     /// Loads a model directory (config.json, safetensors weights,
     /// tokenizer.json and, when present, the chat template) or a single
     /// `.gguf` file; computes in the default dtype ([`ComputeDtype::Auto`]).
@@ -338,7 +327,6 @@ impl TextModel for NativeModel {
         inputs: &[Input],
         opts: &ClassifyOptions,
     ) -> inference::Result<Vec<Classification>> {
-        self.refuse_pipelined("classification")?;
         let started = std::time::Instant::now();
         crate::reset_peak_memory()?;
         let prompts = self.encode_inputs(inputs)?;
@@ -363,9 +351,6 @@ impl TextModel for NativeModel {
         opts: &GenerateOptions,
         batch: &BatchOptions,
     ) -> BatchStream<'a> {
-        if let Err(e) = self.refuse_pipelined("batch generation") {
-            return BatchStream::failed(e);
-        }
         let prompts = match self.encode_inputs(inputs) {
             Ok(p) => p,
             Err(e) => return BatchStream::failed(e.into()),
@@ -405,7 +390,6 @@ impl TextModel for NativeModel {
         &mut self,
         options: &inference::EngineOptions,
     ) -> inference::Result<Box<dyn inference::Engine + '_>> {
-        self.refuse_pipelined("the serving engine")?;
         use crate::llm::engine::{Follower, Leader, NativeEngine};
         let engine = NativeEngine::new(self, options)?;
         // On a distributed model every rank runs the same engine, rank 0
