@@ -138,6 +138,47 @@ impl Array {
         Ok(Array::from_raw(raw))
     }
 
+    /// An array of `shape` and `dtype` whose elements are the
+    /// little-endian bytes `bytes` (row-major), as a safetensors file
+    /// stores them. Fails when the length does not match.
+    pub fn from_bytes(bytes: &[u8], shape: &[i32], dtype: Dtype) -> Result<Array> {
+        if shape.iter().any(|&d| d < 0) {
+            return Err(Error::InvalidArgument(format!(
+                "negative dimension in shape {shape:?}"
+            )));
+        }
+        let elements: i64 = shape.iter().map(|&d| d as i64).product();
+        if elements as u128 * dtype.size_in_bytes() as u128 != bytes.len() as u128 {
+            return Err(Error::InvalidArgument(format!(
+                "shape {shape:?} of {dtype} holds {} bytes but {} were given",
+                elements as u128 * dtype.size_in_bytes() as u128,
+                bytes.len()
+            )));
+        }
+        // MLX reads the buffer as elements of `dtype`: give it one aligned
+        // for any of them.
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        init();
+        // SAFETY: `words` holds `bytes` (native order is little-endian on
+        // every platform MLX runs on) in 8-byte-aligned memory, at least as
+        // many bytes as `shape` of `dtype` needs (checked above); MLX
+        // copies the buffer before returning.
+        let raw = unsafe {
+            sys::mlx_array_new_data(
+                words.as_ptr().cast(),
+                shape.as_ptr(),
+                shape.len() as i32,
+                dtype.to_sys(),
+            )
+        };
+        Ok(Array::from_raw(raw))
+    }
+
     /// A one-dimensional array holding `data`.
     pub fn from_vec<T: Element>(data: &[T]) -> Result<Array> {
         Array::from_slice(data, &[data.len() as i32])

@@ -35,19 +35,21 @@ impl Backend for MlxBackend {
     }
 
     fn load(&self, dir: &Path, opts: &LoadOptions) -> inference::Result<Box<dyn TextModel>> {
-        let mut model = NativeModel::load_with_dtype(dir, opts.dtype)?;
-        if let Some(d) = &opts.distributed {
-            if opts.adapter_path.is_some() {
-                return Err(inference::Error::Unsupported(
-                    "an adapter on a distributed model (fuse it into the weights first)".into(),
-                ));
+        let mut model = match &opts.distributed {
+            None => NativeModel::load_with_dtype(dir, opts.dtype)?,
+            Some(d) => {
+                if opts.adapter_path.is_some() {
+                    return Err(inference::Error::Unsupported(
+                        "an adapter on a distributed model (fuse it into the weights first)".into(),
+                    ));
+                }
+                let kind = match d.parallelism {
+                    inference::Parallelism::Tensor => crate::nn::ParallelKind::Tensor,
+                    inference::Parallelism::Pipeline => crate::nn::ParallelKind::Pipeline,
+                };
+                NativeModel::load_distributed(dir, opts.dtype, d.backend.as_deref(), kind)?
             }
-            let kind = match d.parallelism {
-                inference::Parallelism::Tensor => crate::nn::ParallelKind::Tensor,
-                inference::Parallelism::Pipeline => crate::nn::ParallelKind::Pipeline,
-            };
-            model.distribute(d.backend.as_deref(), kind)?;
-        }
+        };
         if let Some(adapter) = &opts.adapter_path {
             model.load_adapter(adapter)?;
         }

@@ -35,6 +35,24 @@ pub enum Dtype {
     Complex64,
 }
 
+/// Every element type.
+const ALL: [Dtype; 14] = [
+    Dtype::Bool,
+    Dtype::Uint8,
+    Dtype::Uint16,
+    Dtype::Uint32,
+    Dtype::Uint64,
+    Dtype::Int8,
+    Dtype::Int16,
+    Dtype::Int32,
+    Dtype::Int64,
+    Dtype::Float16,
+    Dtype::Float32,
+    Dtype::Float64,
+    Dtype::Bfloat16,
+    Dtype::Complex64,
+];
+
 impl Dtype {
     pub(crate) fn to_sys(self) -> sys::mlx_dtype {
         use sys::mlx_dtype as D;
@@ -92,6 +110,21 @@ impl Dtype {
             self,
             Dtype::Float16 | Dtype::Float32 | Dtype::Float64 | Dtype::Bfloat16
         )
+    }
+
+    /// Bytes per element.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Dtype::Bool | Dtype::Uint8 | Dtype::Int8 => 1,
+            Dtype::Uint16 | Dtype::Int16 | Dtype::Float16 | Dtype::Bfloat16 => 2,
+            Dtype::Uint32 | Dtype::Int32 | Dtype::Float32 => 4,
+            Dtype::Uint64 | Dtype::Int64 | Dtype::Float64 | Dtype::Complex64 => 8,
+        }
+    }
+
+    /// The type safetensors names `name` (`F32`, `BF16`, ...), if MLX has it.
+    pub fn from_safetensors_name(name: &str) -> Option<Dtype> {
+        ALL.into_iter().find(|d| d.safetensors_name() == name)
     }
 
     /// The name used by safetensors and Hugging Face configs (`F32`, `BF16`, ...).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use inference::{GenerateOptions, TextModel};
+use inference::{ComputeDtype, GenerateOptions, TextModel};
 use mlx_metal::distributed::{self, Group};
 use mlx_metal::llm::NativeModel;
 use mlx_metal::nn::ParallelKind;
@@ -289,29 +289,72 @@ fn parallel_rank() {
         "pipeline" => Some(ParallelKind::Pipeline),
         _ => None,
     };
-    let mut model = NativeModel::load(&common::fixtures().join(&fixture)).unwrap();
-    let spread = match kind {
-        Some(kind) => {
-            let group = Group::init(Some("ring"), true).unwrap();
-            model.architecture_mut().parallelize(group, kind)
-        }
+    let path = common::fixtures().join(&fixture);
+    let read_before = bytes_read();
+    let loaded = match kind {
+        Some(kind) => NativeModel::load_distributed(&path, ComputeDtype::Auto, Some("ring"), kind),
         // one process, for comparison
-        None => Ok(()),
+        None => NativeModel::load(&path),
     };
-    match spread {
-        Ok(()) => {
+    match loaded {
+        Ok(mut model) => {
             let ids = greedy(&mut model, PROMPT);
-            // what the rank holds once its weights are in memory
+            // what the rank holds once its weights are in memory, and
+            // what it read to get there
             println!("mem={}", mlx_metal::active_memory().unwrap());
+            println!("read={}", bytes_read() - read_before);
             println!("ids={ids:?}");
         }
-        Err(e) => println!("mem=0\nids=refused: {e}"),
+        Err(e) => println!("mem=0\nread=0\nids=refused: {e}"),
     }
+}
+
+/// Bytes this process has read from files and sockets so far (Linux's
+/// `/proc/self/io`).
+fn bytes_read() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Bytes of the tensors tensor parallelism splits in `fixture`'s weights
+/// (the q/k/v/o and gate/up/down projections).
+fn split_bytes(fixture: &str) -> u64 {
+    let dir = common::fixtures().join(fixture);
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        for (name, info) in meta.tensors() {
+            let split = [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ];
+            if split.iter().any(|s| name.contains(&format!(".{s}."))) {
+                total += (info.data_offsets.1 - info.data_offsets.0) as u64;
+            }
+        }
+    }
+    total
 }
 
 /// What each of `n` ranks printed for `fixture` spread as `kind`: its
 /// greedy ids and the memory it held.
-fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<(String, usize)> {
+fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<(String, usize, u64)> {
     let ranks = run_ranks_with(
         "parallel_greedy_ids_equal_one_process",
         "parallel",
@@ -333,12 +376,14 @@ fn parallel_run(fixture: &str, kind: &str, n: usize) -> Vec<(String, usize)> {
             (
                 reported(&text, "ids").to_string(),
                 reported(&text, "mem").trim().parse().unwrap(),
+                reported(&text, "read").trim().parse().unwrap(),
             )
         })
         .collect()
 }
 
-/// Tensor parallelism (the float fixtures whose heads split in two) and
+/// Tensor parallelism (the fixtures whose heads, and quantisation
+/// groups, split in two) and
 /// pipeline parallelism (every fixture, over 2 ranks, and over 4 where
 /// there are 4 blocks) give every rank the single process's greedy ids.
 #[test]
@@ -359,26 +404,49 @@ fn parallel_greedy_ids_equal_one_process() {
         if blocks >= 4 {
             runs.push(("pipeline", 4));
         }
-        if ["llama", "qwen2", "qwen3", "gemma2"].contains(&fixture.as_str()) {
+        if [
+            "llama",
+            "qwen2",
+            "qwen3",
+            "gemma2",
+            "qwen3-4bit",
+            "qwen3-8bit",
+        ]
+        .contains(&fixture.as_str())
+        {
             runs.push(("tensor", 2));
             tensor += 1;
         }
-        // the memory one process holds, measured the same way
-        let (_, whole) = parallel_run(&fixture, "none", 1).remove(0);
+        // the memory one process holds and what it reads, measured the same way
+        let (_, whole, whole_read) = parallel_run(&fixture, "none", 1).remove(0);
+        let split = split_bytes(&fixture);
         for (kind, n) in runs {
-            for (rank, (ids, mem)) in parallel_run(&fixture, kind, n).iter().enumerate() {
+            for (rank, (ids, mem, read)) in parallel_run(&fixture, kind, n).iter().enumerate() {
                 assert_eq!(ids, &expected, "{fixture} {kind} over {n}, rank {rank}");
-                eprintln!("{fixture} {kind} over {n}, rank {rank}: {mem} of {whole} bytes");
+                eprintln!(
+                    "{fixture} {kind} over {n}, rank {rank}: holds {mem} of {whole} bytes, \
+                     read {read} of {whole_read} ({split} in split layers)"
+                );
                 // each rank holds its share of the blocks' weights, not all
                 // of them (embeddings and norms stay whole)
                 assert!(
                     *mem < whole,
                     "{fixture} {kind} over {n}, rank {rank} holds {mem} bytes, one process {whole}"
                 );
+                // a tensor-parallel rank reads only its share of the split
+                // layers (the ring's own traffic is far smaller)
+                if kind == "tensor" {
+                    let saved = split - split / n as u64;
+                    assert!(
+                        *read + saved * 9 / 10 <= whole_read,
+                        "{fixture} over {n}, rank {rank} read {read} bytes, one process {whole_read}; \
+                         {saved} of the split layers' bytes should not have been read"
+                    );
+                }
             }
         }
     }
-    assert_eq!(tensor, 4, "the tensor-parallel fixtures are in the index");
+    assert_eq!(tensor, 6, "the tensor-parallel fixtures are in the index");
 }
 
 /// Shapes that do not split are refused with the reason, on every rank;
@@ -419,7 +487,7 @@ fn unsplittable_models_are_refused_clearly() {
         ("phi3", "tensor", 2, "fused qkv_proj"),
         ("llama", "pipeline", 4, "2 blocks cannot be split over 4"),
     ] {
-        for (said, _) in parallel_run(fixture, kind, n) {
+        for (said, _, _) in parallel_run(fixture, kind, n) {
             assert!(
                 said.starts_with("refused") && said.contains(reason),
                 "{fixture} {kind} over {n}: {said}"

@@ -55,6 +55,35 @@ impl NativeModel {
     /// [`load`](Self::load), computing in the type `dtype` resolves to
     /// (see [`crate::llm::dtype`]).
     pub fn load_with_dtype(path: &Path, dtype: ComputeDtype) -> Result<NativeModel> {
+        NativeModel::load_share(path, dtype, None)
+    }
+
+    /// Loads a model spread over the ranks of MLX's distributed group, as
+    /// [`distribute`](Self::distribute) spreads it, except that with
+    /// tensor parallelism each rank reads only its share of the split
+    /// layers' tensors from a directory's safetensors files (a GGUF file
+    /// is read whole, then split). Every rank must call it with the same
+    /// arguments.
+    pub fn load_distributed(
+        path: &Path,
+        dtype: ComputeDtype,
+        backend: Option<&str>,
+        kind: ParallelKind,
+    ) -> Result<NativeModel> {
+        let group = Group::init(backend, true)?;
+        let share = (kind == ParallelKind::Tensor && group.size() > 1)
+            .then(|| (group.rank() as i32, group.size() as i32));
+        drop(group);
+        let mut model = NativeModel::load_share(path, dtype, share)?;
+        model.distribute(backend, kind)?;
+        Ok(model)
+    }
+
+    fn load_share(
+        path: &Path,
+        dtype: ComputeDtype,
+        share: Option<(i32, i32)>,
+    ) -> Result<NativeModel> {
         if path.is_file() {
             return NativeModel::load_gguf_with_dtype(path, dtype);
         }
@@ -67,7 +96,7 @@ impl NativeModel {
         let (config, config_path) = Config::load(path)?;
         let tokenizer = Tokenizer::load(path, &config)?;
         validate::check_vocab_covers(&config, tokenizer.id_bound())?;
-        let (arch, dtypes) = models::load_as(path, &config, &config_path, dtype)?;
+        let (arch, dtypes) = models::load_share(path, &config, &config_path, dtype, share)?;
         NativeModel::assemble(path, config, arch, tokenizer, dtypes)
     }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::llm::config::{Config, QuantConfig};
+use crate::nn::shard::{share, Split};
 use crate::nn::{Embedding, Linear, RmsNorm};
 use crate::{load_safetensors, Array, Dtype, Error, QuantizedWeight, Result};
 
@@ -14,6 +15,36 @@ pub struct Weights {
     tensors: HashMap<String, (Array, PathBuf)>,
     quant: Option<QuantConfig>,
     config: Config,
+    /// Where each tensor of a safetensors file lies, by name.
+    sources: HashMap<String, Source>,
+    /// `(rank, size)` of a tensor-parallel load: split layers are read as
+    /// this rank's share ([`linear_share`](Self::linear_share)).
+    share: Option<(i32, i32)>,
+    /// The compute type [`apply_compute_dtype`](Self::apply_compute_dtype)
+    /// chose, for tensors read later.
+    compute: Option<Dtype>,
+}
+
+/// Where a tensor's bytes lie in its safetensors file.
+#[derive(Debug, Clone)]
+struct Source {
+    file: PathBuf,
+    /// The first byte of its data, from the start of the file.
+    start: u64,
+    shape: Vec<i32>,
+    dtype: Dtype,
+}
+
+/// Reads `len` bytes at `offset` of `file`.
+fn read_at(file: &std::fs::File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            message: format!("cannot read {len} bytes at byte {offset}: {e}"),
+        })?;
+    Ok(buf)
 }
 
 /// The weight files of `dir`: those named by `model.safetensors.index.json`,
@@ -69,6 +100,11 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// and that every dimension fits MLX's 32-bit shapes, so a truncated or
 /// corrupt file fails here, naming itself and the tensor, not later in MLX.
 pub fn check_header(path: &Path) -> Result<()> {
+    header_sources(path).map(|_| ())
+}
+
+/// [`check_header`], and where each tensor of the file lies.
+fn header_sources(path: &Path) -> Result<Vec<(String, Source)>> {
     use std::io::Read;
     let bad = |message: String| Error::File {
         path: path.to_path_buf(),
@@ -94,6 +130,7 @@ pub fn check_header(path: &Path) -> Result<()> {
     let data_len = len - 8 - n;
     let mut tensors: Vec<_> = metadata.tensors().into_iter().collect();
     tensors.sort_by_key(|(_, info)| info.data_offsets);
+    let mut sources = Vec::with_capacity(tensors.len());
     for (name, info) in tensors {
         if info.shape.iter().any(|&d| d > i32::MAX as usize) {
             return Err(bad(format!(
@@ -107,8 +144,20 @@ pub fn check_header(path: &Path) -> Result<()> {
                 "truncated: tensor `{name}` ends at byte {end} of the data but the file holds {data_len}"
             )));
         }
+        // tensors of a type MLX lacks are refused when loaded, not here
+        if let Some(dtype) = Dtype::from_safetensors_name(&format!("{:?}", info.dtype)) {
+            sources.push((
+                name,
+                Source {
+                    file: path.to_path_buf(),
+                    start: 8 + n + info.data_offsets.0 as u64,
+                    shape: info.shape.iter().map(|&d| d as i32).collect(),
+                    dtype,
+                },
+            ));
+        }
     }
-    Ok(())
+    Ok(sources)
 }
 
 /// Checks that every tensor's `shape` in a safetensors header is a list of
@@ -172,6 +221,7 @@ impl Weights {
     /// they are first used). Names under `strip_prefix` lose it.
     pub fn load(dir: &Path, config: &Config, strip_prefix: Option<&str>) -> Result<Weights> {
         let mut tensors = HashMap::new();
+        let mut sources = HashMap::new();
         for file in weight_files(dir)? {
             if !file.is_file() {
                 return Err(Error::File {
@@ -179,13 +229,15 @@ impl Weights {
                     message: "weight file listed in model.safetensors.index.json is missing".into(),
                 });
             }
-            check_header(&file)?;
+            let strip = |name: String| match strip_prefix {
+                Some(p) => name.strip_prefix(p).map(str::to_string).unwrap_or(name),
+                None => name,
+            };
+            for (name, source) in header_sources(&file)? {
+                sources.insert(strip(name), source);
+            }
             for (name, array) in load_safetensors(&file)?.tensors {
-                let name = match strip_prefix {
-                    Some(p) => name.strip_prefix(p).map(str::to_string).unwrap_or(name),
-                    None => name,
-                };
-                tensors.insert(name, (array, file.clone()));
+                tensors.insert(strip(name), (array, file.clone()));
             }
         }
         Ok(Weights {
@@ -193,6 +245,9 @@ impl Weights {
             quant: config.quant()?,
             tensors,
             config: config.clone(),
+            sources,
+            share: None,
+            compute: None,
         })
     }
 
@@ -211,6 +266,9 @@ impl Weights {
                 .map(|(name, array)| (name, (array, file.to_path_buf())))
                 .collect(),
             config: config.clone(),
+            sources: HashMap::new(),
+            share: None,
+            compute: None,
         })
     }
 
@@ -328,6 +386,160 @@ impl Weights {
         })
     }
 
+    /// Makes this a tensor-parallel load for rank `rank` of `size`: the
+    /// layers built with [`linear_share`](Self::linear_share) hold this
+    /// rank's share, read from the files alone.
+    pub fn read_shares(&mut self, rank: i32, size: i32) {
+        self.share = (size > 1).then_some((rank, size));
+    }
+
+    /// [`linear`](Self::linear), or on a tensor-parallel load
+    /// ([`read_shares`](Self::read_shares)) this rank's share of it, split
+    /// along `split` as [`shard_linear`](crate::nn::shard::shard_linear)
+    /// would split it: only the share's bytes are read from the
+    /// safetensors file, so no rank ever holds the whole tensor. A layer
+    /// that cannot be read that way (weights not from a safetensors
+    /// file, a split the shapes refuse) is read whole, for the model's
+    /// `parallelize` to split or refuse with its reason.
+    pub fn linear_share(
+        &mut self,
+        prefix: &str,
+        inp: i32,
+        out: i32,
+        bias: bool,
+        split: Split,
+    ) -> Result<Linear> {
+        let Some((rank, size)) = self.share else {
+            return self.linear(prefix, inp, out, bias);
+        };
+        let quant = self.quant_for(prefix)?;
+        let mut names = vec![format!("{prefix}.weight")];
+        if quant.is_some() {
+            names.extend([format!("{prefix}.scales"), format!("{prefix}.biases")]);
+        }
+        if bias {
+            names.push(format!("{prefix}.bias"));
+        }
+        let fits = quant.is_none_or(|q| inp % q.group_size == 0 && (inp * q.bits) % 32 == 0);
+        let from_files = names.iter().all(|n| self.sources.contains_key(n));
+        let qb = quant.map(|q| (q.group_size, q.bits));
+        let sh = match share(split, out, inp, qb, bias, rank, size) {
+            Ok(sh) if fits && from_files => sh,
+            _ => return self.linear(prefix, inp, out, bias),
+        };
+        let b = match sh.bias {
+            Some(range) => Some(self.take_part(&format!("{prefix}.bias"), &[out], 0, range)?),
+            None => None,
+        };
+        Ok(match quant {
+            None => Linear::Dense {
+                weight: self.take_part(
+                    &format!("{prefix}.weight"),
+                    &[out, inp],
+                    sh.axis,
+                    sh.weight,
+                )?,
+                bias: b,
+            },
+            Some(q) => {
+                let groups = inp / q.group_size;
+                Linear::Quantized {
+                    weight: QuantizedWeight {
+                        weight: self.take_part(
+                            &format!("{prefix}.weight"),
+                            &[out, inp * q.bits / 32],
+                            sh.axis,
+                            sh.weight,
+                        )?,
+                        scales: self.take_part(
+                            &format!("{prefix}.scales"),
+                            &[out, groups],
+                            sh.axis,
+                            sh.groups,
+                        )?,
+                        biases: self.take_part(
+                            &format!("{prefix}.biases"),
+                            &[out, groups],
+                            sh.axis,
+                            sh.groups,
+                        )?,
+                        group_size: q.group_size,
+                        bits: q.bits,
+                    },
+                    bias: b,
+                }
+            }
+        })
+    }
+
+    /// Takes tensor `name` (checking its shape is `shape`), reading only
+    /// its `[start, end)` along `axis` (0 or 1) from its file, in the
+    /// compute type.
+    fn take_part(
+        &mut self,
+        name: &str,
+        shape: &[i32],
+        axis: i32,
+        (start, end): (i32, i32),
+    ) -> Result<Array> {
+        // the lazy whole tensor is dropped unread
+        let whole = self.take(name, shape)?;
+        let src = self.sources.get(name).ok_or_else(|| self.missing(name))?;
+        let bad = |message: String| Error::File {
+            path: src.file.clone(),
+            message,
+        };
+        if src.shape != shape || whole.dtype() != src.dtype && !whole.dtype().is_float() {
+            return Err(bad(format!(
+                "tensor `{name}` changed after loading; it cannot be read in part"
+            )));
+        }
+        let elem = src.dtype.size_in_bytes() as u64;
+        let (rows, cols) = match shape {
+            [n] => (1u64, *n as u64),
+            [r, c] => (*r as u64, *c as u64),
+            _ => return Err(bad(format!("tensor `{name}` is not a matrix or a vector"))),
+        };
+        let file = std::fs::File::open(&src.file).map_err(|e| bad(e.to_string()))?;
+        let width = (end - start) as u64;
+        let (bytes, part_shape) = match (shape.len(), axis) {
+            // whole rows: one read
+            (2, 0) => (
+                read_at(
+                    &file,
+                    &src.file,
+                    src.start + start as u64 * cols * elem,
+                    (width * cols * elem) as usize,
+                )?,
+                vec![end - start, cols as i32],
+            ),
+            (1, 0) => (
+                read_at(
+                    &file,
+                    &src.file,
+                    src.start + start as u64 * elem,
+                    (width * elem) as usize,
+                )?,
+                vec![end - start],
+            ),
+            // a run of columns: one read per row
+            (2, 1) => {
+                let mut bytes = Vec::with_capacity((rows * width * elem) as usize);
+                for r in 0..rows {
+                    let offset = src.start + (r * cols + start as u64) * elem;
+                    bytes.extend(read_at(&file, &src.file, offset, (width * elem) as usize)?);
+                }
+                (bytes, vec![rows as i32, end - start])
+            }
+            _ => return Err(bad(format!("tensor `{name}` has no axis {axis}"))),
+        };
+        let part = Array::from_bytes(&bytes, &part_shape, src.dtype)?;
+        match self.compute {
+            Some(t) if part.dtype().is_float() && part.dtype() != t => part.astype(t),
+            _ => Ok(part),
+        }
+    }
+
     /// An embedding table `prefix` of `vocab` rows of `dim`.
     pub fn embedding(&mut self, prefix: &str, vocab: i32, dim: i32) -> Result<Embedding> {
         Ok(match self.quant_for(prefix)? {
@@ -402,6 +614,7 @@ impl Weights {
         let stored = sizes.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d);
         let on_cpu = crate::llm::dtype::default_device_is_cpu()?;
         let target = crate::llm::dtype::resolve(requested, stored, on_cpu);
+        self.compute = target;
         if let Some(target) = target {
             for (a, _) in self.tensors.values_mut() {
                 if a.dtype().is_float() && a.dtype() != target {

@@ -102,7 +102,10 @@ pub struct Attention {
 
 impl Attention {
     /// Loads `prefix.{q,k,v,o}_proj` (or `prefix.qkv_proj`) and the q/k norms.
+    /// On a tensor-parallel load ([`Weights::read_shares`]) the
+    /// projections hold this rank's share already.
     pub fn load(w: &mut Weights, prefix: &str, c: &AttentionConfig) -> Result<Attention> {
+        use crate::nn::shard::Split::{Inputs, Outputs};
         let Heads {
             hidden,
             heads,
@@ -112,9 +115,27 @@ impl Attention {
         let (q_out, kv_out) = (heads * head_dim, kv_heads * head_dim);
         let qkv = match c.layout {
             QkvLayout::Separate => Qkv::separate(
-                w.linear(&format!("{prefix}.q_proj"), hidden, q_out, c.qkv_bias)?,
-                w.linear(&format!("{prefix}.k_proj"), hidden, kv_out, c.qkv_bias)?,
-                w.linear(&format!("{prefix}.v_proj"), hidden, kv_out, c.qkv_bias)?,
+                w.linear_share(
+                    &format!("{prefix}.q_proj"),
+                    hidden,
+                    q_out,
+                    c.qkv_bias,
+                    Outputs,
+                )?,
+                w.linear_share(
+                    &format!("{prefix}.k_proj"),
+                    hidden,
+                    kv_out,
+                    c.qkv_bias,
+                    Outputs,
+                )?,
+                w.linear_share(
+                    &format!("{prefix}.v_proj"),
+                    hidden,
+                    kv_out,
+                    c.qkv_bias,
+                    Outputs,
+                )?,
             )?,
             QkvLayout::Fused => Qkv::Fused(w.linear(
                 &format!("{prefix}.qkv_proj"),
@@ -133,7 +154,7 @@ impl Attention {
         };
         Ok(Attention {
             qkv,
-            o_proj: w.linear(&format!("{prefix}.o_proj"), q_out, hidden, c.o_bias)?,
+            o_proj: w.linear_share(&format!("{prefix}.o_proj"), q_out, hidden, c.o_bias, Inputs)?,
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             rope: c.rope.clone(),
@@ -207,7 +228,10 @@ impl Attention {
     pub fn shard(&mut self, rank: i32, size: i32) -> Result<()> {
         use crate::nn::shard::{shard_linear, Split};
         let Heads {
-            heads, kv_heads, ..
+            heads,
+            kv_heads,
+            head_dim,
+            ..
         } = self.heads;
         if heads % size != 0 || kv_heads % size != 0 {
             return Err(crate::Error::InvalidArgument(format!(
@@ -219,12 +243,13 @@ impl Attention {
                 "tensor parallelism over a fused qkv_proj".into(),
             ));
         };
+        let (q_out, kv_out) = (heads * head_dim, kv_heads * head_dim);
         self.qkv = Qkv::separate(
-            shard_linear(q, Split::Outputs, rank, size)?,
-            shard_linear(k, Split::Outputs, rank, size)?,
-            shard_linear(v, Split::Outputs, rank, size)?,
+            shard_linear(q, Split::Outputs, rank, size, q_out)?,
+            shard_linear(k, Split::Outputs, rank, size, kv_out)?,
+            shard_linear(v, Split::Outputs, rank, size, kv_out)?,
         )?;
-        self.o_proj = shard_linear(&self.o_proj, Split::Inputs, rank, size)?;
+        self.o_proj = shard_linear(&self.o_proj, Split::Inputs, rank, size, q_out)?;
         self.heads.heads = heads / size;
         self.heads.kv_heads = kv_heads / size;
         Ok(())

@@ -33,10 +33,13 @@ pub struct Mlp {
     gate_up: GateUp,
     down_proj: Linear,
     activation: Activation,
+    /// Hidden units of the whole layer (all ranks together).
+    units: i32,
 }
 
 impl Mlp {
-    /// Loads `prefix.{gate,up,down}_proj`.
+    /// Loads `prefix.{gate,up,down}_proj` (on a tensor-parallel load,
+    /// [`Weights::read_shares`], this rank's share of them).
     pub fn load(
         w: &mut Weights,
         prefix: &str,
@@ -45,13 +48,21 @@ impl Mlp {
         bias: bool,
         activation: Activation,
     ) -> Result<Mlp> {
+        use crate::nn::shard::Split::{Inputs, Outputs};
         Ok(Mlp {
             gate_up: GateUp::separate(
-                w.linear(&format!("{prefix}.gate_proj"), hidden, inter, bias)?,
-                w.linear(&format!("{prefix}.up_proj"), hidden, inter, bias)?,
+                w.linear_share(&format!("{prefix}.gate_proj"), hidden, inter, bias, Outputs)?,
+                w.linear_share(&format!("{prefix}.up_proj"), hidden, inter, bias, Outputs)?,
             )?,
-            down_proj: w.linear(&format!("{prefix}.down_proj"), inter, hidden, bias)?,
+            down_proj: w.linear_share(
+                &format!("{prefix}.down_proj"),
+                inter,
+                hidden,
+                bias,
+                Inputs,
+            )?,
             activation,
+            units: inter,
         })
     }
 
@@ -73,6 +84,7 @@ impl Mlp {
             )?),
             down_proj: w.linear(&format!("{prefix}.down_proj"), inter, hidden, false)?,
             activation,
+            units: inter,
         })
     }
 
@@ -86,11 +98,12 @@ impl Mlp {
                 "tensor parallelism over a fused gate_up_proj".into(),
             ));
         };
+        let units = self.units;
         self.gate_up = GateUp::separate(
-            shard_linear(gate, Split::Outputs, rank, size)?,
-            shard_linear(up, Split::Outputs, rank, size)?,
+            shard_linear(gate, Split::Outputs, rank, size, units)?,
+            shard_linear(up, Split::Outputs, rank, size, units)?,
         )?;
-        self.down_proj = shard_linear(&self.down_proj, Split::Inputs, rank, size)?;
+        self.down_proj = shard_linear(&self.down_proj, Split::Inputs, rank, size, units)?;
         Ok(())
     }
 

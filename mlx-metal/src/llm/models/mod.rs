@@ -157,11 +157,28 @@ pub fn load_as(
     config_path: &Path,
     dtype: ComputeDtype,
 ) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
+    load_share(dir, config, config_path, dtype, None)
+}
+
+/// [`load_as`]; with `share = Some((rank, size))`, the layers that tensor
+/// parallelism splits hold rank `rank`'s share of `size`, read from the
+/// files alone (see [`Weights::read_shares`]); the model's
+/// [`parallelize`](Architecture::parallelize) then keeps them as they are.
+pub fn load_share(
+    dir: &Path,
+    config: &Config,
+    config_path: &Path,
+    dtype: ComputeDtype,
+    share: Option<(i32, i32)>,
+) -> Result<(Box<dyn Architecture>, DtypeChoice)> {
     if !is_supported(&config.model_type) {
         return Err(unsupported(config, config_path));
     }
     let strip = (config.model_type == "gemma3_text").then_some("language_model.");
     let mut weights = Weights::load(dir, config, strip)?;
+    if let Some((rank, size)) = share {
+        weights.read_shares(rank, size);
+    }
     build_as(config, config_path, &mut weights, dtype)
 }
 
