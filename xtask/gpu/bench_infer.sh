@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Inference on an NVIDIA GPU with MLX's CUDA build, mlx_lm against
+# mlx-infer, with each step's host timings (MLX_INFER_STEP_PROFILE), for a
+# machine with no Rust toolchain and no network (the device machine). One
+# call runs what the GPU issues measure: single-stream decode, the server
+# at 32/8/1 streams, classification and batched decode.
+#
+# Here (the build machine):
+#   cargo build --release -p mlx-infer-cli
+#   mkdir -p .gpu-bin && strip -o .gpu-bin/mlx-infer target/release/mlx-infer
+#   cp ~/.cache/mlx-infer/mlx-*/mlxc/lib/libmlxc.so .gpu-bin/
+#   mkdir -p .gpu-wheels && pip download openai --dest .gpu-wheels \
+#       --python-version 3.12 --only-binary=:all: --platform manylinux_2_17_x86_64
+#   mlx-infer convert --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out /tmp/smol \
+#       && mkdir -p .gpu-tok && cp /tmp/smol/tokenizer*.json .gpu-tok/
+#   shared/tools/mlx-cuda-carry.sh prepare .cuda      # MLX CUDA + mlx_lm wheels
+# On the device (two calls back to back, as mlx-cuda-carry.sh describes):
+#   call 1: carry [".cuda/a"]; mkdir -p /root/stash && cp .cuda/a/* /root/stash/
+#   call 2: carry [".cuda/b", ".gpu-bin", ".gpu-wheels", ".gpu-tok", "fixtures/qwen3"];
+#           source .cuda/b/mlx-cuda-carry.sh install .cuda/b && \
+#           OUT=$OUT bash xtask/gpu/bench_infer.sh .gpu-bin .gpu-wheels .gpu-tok [PARTS]
+#
+# PARTS (default "decode serve classify batch") picks what runs. Models are
+# made on the device with random weights by mlx_lm's own classes: a
+# Qwen3-0.6B-shaped bfloat16 model (decode, serve; tokenizer of the carried
+# fixtures/qwen3) and a Gemma3-1B-shaped one (classify, batch; SmolLM2's
+# tokenizer from TOK_DIR). Every part warms up first (MLX compiles CUDA
+# kernels on first use) and alternates the sides; step profiles land in
+# $OUT (or /tmp) as *-prof.txt and are summarised at the end.
+set -uo pipefail
+bin=$(cd "${1:?BIN_DIR with mlx-infer and libmlxc.so}" && pwd)
+wheels=${2:-}
+tok=${3:-}
+parts=${4:-decode serve classify batch}
+out=${OUT:-/tmp}
+export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+mi=$bin/mlx-infer
+"$mi" backends
+qwen=/tmp/bench-qwen3-0.6b-bf16
+gemma=/tmp/bench-gemma3-1b-bf16
+need_qwen() { [ -d $qwen ] || python3 xtask/python/make_bench_model.py fixtures/qwen3 $qwen > /dev/null; }
+need_gemma() {
+  [ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "${tok:?TOK_DIR}" $gemma > /dev/null
+  python3 - <<'PY'
+S = ["The old farmer", "A young engineer", "My neighbour's cat", "The city council",
+     "Our small team", "The quiet student", "A travelling musician", "The new manager"]
+V = ["carefully repaired", "quickly forgot", "proudly presented", "slowly painted",
+     "happily shared", "angrily rejected", "finally finished", "secretly admired"]
+O = ["the broken wooden fence", "a long report about rivers", "the red kite on the hill",
+     "an old map of the harbour", "the results of the spring survey",
+     "a plan for the village library", "the recipe for apple bread", "the lights in the hall"]
+E = ["before the rain began.", "after a very long day.", "in front of everyone.",
+     "without saying a word.", "on a cold Monday morning.", "while the others slept."]
+s = [f"{S[i % 8]} {V[(i // 8) % 8]} {O[(i // 64 + i) % 8]} {E[(i // 3) % 6]}" for i in range(4096)]
+open("/tmp/s4k.txt", "w").write("\n".join(s) + "\n")
+open("/tmp/s16k.txt", "w").write("\n".join(s * 4) + "\n")
+open("/tmp/s256.txt", "w").write("\n".join(s[:256]) + "\n")
+PY
+}
+# Medians of the step profile's fields, per kind of line.
+summarise() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+for path in sys.argv[1:]:
+    rows = {}
+    for line in open(path):
+        kind, *pairs = line.split()
+        if not pairs or "=" not in pairs[0]:
+            continue
+        for k, v in (p.split("=") for p in pairs):
+            rows.setdefault((kind, k), []).append(float(v))
+    for (kind, k), v in sorted(rows.items()):
+        print(f"{path}: {kind} {k} median {statistics.median(v):.0f} (n={len(v)})")
+PY
+}
+
+if [[ " $parts " == *" decode "* ]]; then
+  need_qwen
+  prompt=$(python3 -c 'print("The quick brown fox jumps over the lazy dog. " * 20)')
+  echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
+  for r in 1 2 3; do
+    echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 128 5 model | sed 's/^/decode mlx_lm /'
+    echo "$prompt" | MLX_INFER_STEP_PROFILE=$out/decode-prof.txt "$mi" bench --model $qwen \
+      --max-tokens 128 --runs 5 2> /dev/null | sed 's/^/decode mlx-infer /'
+  done
+  summarise $out/decode-prof.txt
+fi
+
+if [[ " $parts " == *" serve "* ]]; then
+  need_qwen
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oai "${wheels:?WHEELS_DIR}"/*.whl
+  export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
+  MLX_INFER_STEP_PROFILE=$out/serve-prof.txt "$mi" serve --port 8101 --max-batch 32 \
+    --model $qwen 2> $out/serve-mlx-infer.err &
+  python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> $out/serve-mlx_lm.err &
+  for p in 8101 8102; do
+    for _ in $(seq 240); do
+      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$p/v1/models', timeout=2)" \
+        2> /dev/null && break
+      sleep 0.5
+    done
+  done
+  drive() { # side port model streams
+    echo "level $1 $4" >> $out/serve-prof.txt
+    python3 xtask/python/bench_serve.py http://127.0.0.1:$2/v1 $3 $4 $((2 * $4)) 64 2>&1 | tail -1 | sed "s/^/serve $1 $4 /"
+  }
+  for c in 8 32; do drive mlx_lm 8102 $qwen $c > /dev/null; drive mlx-infer 8101 default $c > /dev/null; done
+  for r in 1 2 3; do
+    for c in 32 8 1; do drive mlx_lm 8102 $qwen $c; drive mlx-infer 8101 default $c; done
+  done
+  kill %1 %2 2> /dev/null
+  wait
+  summarise $out/serve-prof.txt
+fi
+
+if [[ " $parts " == *" classify "* ]]; then
+  need_gemma
+  "$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json 2> /dev/null | tail -1 | sed 's/^/classify warm /'
+  for r in 1 2; do
+    for f in s4k s16k; do
+      "$mi" classify --model $gemma --input /tmp/$f.txt --batch-size 512 --json 2> /dev/null | tail -1 | sed "s/^/classify $f /"
+    done
+  done
+  python3 - $gemma <<'PY'
+import sys, time
+import mlx.core as mx
+from mlx_lm import load
+sys.path.insert(0, "xtask/python")
+from bench_batch import raw_forward
+model, tok = load(sys.argv[1])
+prompts = [tok.encode(line) for line in open("/tmp/s4k.txt").read().splitlines()]
+raw_forward(model, prompts, 512)  # warm-up
+for i in range(3):
+    t = time.perf_counter()
+    raw_forward(model, prompts, 512)
+    print(f"classify mlx_lm raw forward {len(prompts) / (time.perf_counter() - t):.0f} sentences/s")
+PY
+fi
+
+if [[ " $parts " == *" batch "* ]]; then
+  need_gemma
+  "$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 8 --batch-size 32 --json 2> /dev/null | tail -1 > /dev/null
+  for r in 1 2 3; do
+    python3 xtask/python/bench_batch.py $gemma batch /tmp/s256.txt 32 128 $r 2> /dev/null | sed 's/^/batch mlx_lm /'
+    "$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 | sed 's/^/batch mlx-infer /'
+  done
+fi
