@@ -1,6 +1,8 @@
 //! `mlx-infer launch`: runs N copies of an `mlx-infer` command on this
-//! machine as the ranks of MLX's `ring` backend over loopback, setting
-//! `MLX_RANK` and `MLX_HOSTFILE` as `mlx.launch` does. Rank 0 keeps the
+//! machine as the ranks of MLX's `ring` backend over loopback (or of its
+//! `nccl` backend, one GPU per rank), setting `MLX_RANK` and
+//! `MLX_HOSTFILE` (`MLX_WORLD_SIZE`, `NCCL_HOST_IP`, `NCCL_PORT` and
+//! `CUDA_VISIBLE_DEVICES`) as `mlx.launch` does. Rank 0 keeps the
 //! terminal; the others' output is shown only if they fail. When a rank
 //! fails, the others are stopped and its exit status is returned. SIGTERM
 //! sent to the launch is passed on to rank 0 (Ctrl-C at a terminal
@@ -21,6 +23,12 @@ pub struct LaunchArgs {
     /// Number of processes (ranks).
     #[arg(long, short = 'n', value_parser = clap::value_parser!(u16).range(1..=64))]
     ranks: u16,
+    /// MLX's distributed backend the ranks meet through: `ring` (TCP over
+    /// loopback, on any machine) or `nccl` (one NVIDIA GPU per rank: rank
+    /// r gets the r-th of CUDA_VISIBLE_DEVICES, or GPU r). Give the
+    /// command the same `--distributed-backend`.
+    #[arg(long, default_value = "ring", value_parser = ["ring", "nccl"])]
+    backend: String,
     /// The mlx-infer command each rank runs, after `--` (e.g.
     /// `-- generate --model M --prompt P --distributed tensor`).
     #[arg(last = true, required = true)]
@@ -37,10 +45,7 @@ pub fn is_rank_zero() -> bool {
 fn hostfile(n: usize) -> Result<tempfile_path::TempPath> {
     let mut hosts = Vec::with_capacity(n);
     for _ in 0..n {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("cannot find a free loopback port")?
-            .port();
+        let port = free_port()?;
         hosts.push(vec![format!("127.0.0.1:{port}")]);
     }
     let path = std::env::temp_dir().join(format!("mlx-infer-hosts-{}.json", std::process::id()));
@@ -61,6 +66,43 @@ mod tempfile_path {
     }
 }
 
+/// A free port on the loopback interface.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free loopback port")?
+        .port())
+}
+
+/// The environment rank `rank` of `n` needs for `backend`, as
+/// `mlx.launch` sets it: `ring` reads the hostfile, `nccl` meets at
+/// `127.0.0.1:nccl_port` and binds one GPU (`gpus`: the user's
+/// CUDA_VISIBLE_DEVICES, if set).
+fn rank_env(
+    backend: &str,
+    rank: usize,
+    n: usize,
+    hostfile: &std::path::Path,
+    nccl_port: u16,
+    gpus: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![("MLX_RANK", rank.to_string())];
+    if backend == "nccl" {
+        let gpu = gpus
+            .and_then(|list| list.split(',').nth(rank))
+            .map_or_else(|| rank.to_string(), |g| g.trim().to_string());
+        env.extend([
+            ("MLX_WORLD_SIZE", n.to_string()),
+            ("NCCL_HOST_IP", "127.0.0.1".to_string()),
+            ("NCCL_PORT", nccl_port.to_string()),
+            ("CUDA_VISIBLE_DEVICES", gpu),
+        ]);
+    } else {
+        env.push(("MLX_HOSTFILE", hostfile.display().to_string()));
+    }
+    env
+}
+
 /// Runs `mlx-infer launch`; returns the exit status.
 pub fn run(args: LaunchArgs) -> Result<i32> {
     if args.command.first().map(String::as_str) == Some("launch") {
@@ -69,15 +111,22 @@ pub fn run(args: LaunchArgs) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find this program")?;
     let n = usize::from(args.ranks);
     let hosts = hostfile(n)?;
+    let nccl_port = free_port()?;
+    let gpus = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
     let logs: Vec<tempfile_path::TempPath> = (0..n)
         .map(|rank| tempfile_path::TempPath(hosts.0.with_extension(format!("rank{rank}.log"))))
         .collect();
     for (rank, log) in logs.iter().enumerate() {
         let mut cmd = Command::new(&exe);
-        cmd.args(&args.command)
-            .env("MLX_RANK", rank.to_string())
-            .env("MLX_HOSTFILE", &hosts.0);
+        cmd.args(&args.command).envs(rank_env(
+            &args.backend,
+            rank,
+            n,
+            &hosts.0,
+            nccl_port,
+            gpus.as_deref(),
+        ));
         if rank > 0 {
             let log = std::fs::File::create(&log.0)
                 .with_context(|| format!("cannot write {}", log.0.display()))?;
@@ -137,4 +186,39 @@ pub fn run(args: LaunchArgs) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_env;
+    use std::path::Path;
+
+    #[test]
+    fn each_backend_gets_the_environment_mlx_launch_sets() {
+        let hosts = Path::new("/tmp/hosts.json");
+        assert_eq!(
+            rank_env("ring", 1, 2, hosts, 9000, None),
+            vec![
+                ("MLX_RANK", "1".to_string()),
+                ("MLX_HOSTFILE", "/tmp/hosts.json".to_string())
+            ]
+        );
+        let nccl = rank_env("nccl", 1, 4, hosts, 9000, None);
+        assert_eq!(
+            nccl,
+            vec![
+                ("MLX_RANK", "1".to_string()),
+                ("MLX_WORLD_SIZE", "4".to_string()),
+                ("NCCL_HOST_IP", "127.0.0.1".to_string()),
+                ("NCCL_PORT", "9000".to_string()),
+                ("CUDA_VISIBLE_DEVICES", "1".to_string()),
+            ]
+        );
+        // rank r takes the r-th of the GPUs the user allowed
+        let picked = rank_env("nccl", 1, 2, hosts, 9000, Some("4, 6"));
+        assert_eq!(
+            picked.last().unwrap(),
+            &("CUDA_VISIBLE_DEVICES", "6".to_string())
+        );
+    }
 }

@@ -368,3 +368,37 @@ fn batch_and_classify_over_ranks_match_one_process() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// `launch --backend nccl` sets NCCL's environment for each rank; a build
+/// of MLX without NCCL (the CPU build) says so instead of failing vaguely.
+#[test]
+fn an_nccl_launch_needs_an_mlx_with_nccl() {
+    let _turn = one_launch();
+    let model = fixtures().join("qwen3");
+    let out = run(&[
+        "launch",
+        "-n",
+        "2",
+        "--backend",
+        "nccl",
+        "--",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "4",
+        "--distributed",
+        "tensor",
+        "--distributed-backend",
+        "nccl",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(
+            err.contains("this MLX build has no `nccl` distributed backend"),
+            "{err}"
+        );
+    }
+}

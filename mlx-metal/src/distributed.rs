@@ -83,6 +83,20 @@ impl Group {
     /// of size 1.
     pub fn init(backend: Option<&str>, strict: bool) -> Result<Group> {
         let name = backend_name(backend)?;
+        if let Some(b) = backend.filter(|_| name.is_some()) {
+            if !is_available(Some(b))? {
+                let mut built = Vec::new();
+                for other in BACKENDS {
+                    if is_available(Some(other))? {
+                        built.push(other);
+                    }
+                }
+                return Err(Error::InvalidArgument(format!(
+                    "this MLX build has no `{b}` distributed backend (it has: {})",
+                    built.join(", ")
+                )));
+            }
+        }
         let ptr = name.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
         // SAFETY: creates an empty handle owned by `group`.
         let mut group = Group {

@@ -128,6 +128,14 @@ fn ring_is_built_in_and_unknown_backends_are_refused() {
         return;
     }
     assert!(distributed::is_available(Some("ring")).unwrap());
+    // A backend this MLX lacks (NCCL in the CPU build) is named as such.
+    if !distributed::is_available(Some("nccl")).unwrap() {
+        let err = Group::init(Some("nccl"), true).unwrap_err().to_string();
+        assert!(
+            err.contains("no `nccl` distributed backend") && err.contains("ring"),
+            "{err}"
+        );
+    }
     let err = Group::init(Some("carrier-pigeon"), true).unwrap_err();
     assert!(err.to_string().contains("carrier-pigeon"), "{err}");
     // A process alone, not strict: a group of one.

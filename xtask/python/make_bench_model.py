@@ -4,7 +4,11 @@
 vocabulary 151936, tied embeddings: the shapes of Qwen3-0.6B. The tokenizer
 is the qwen3 fixture's (its ids are a subset of the vocabulary).
 
-Usage: python make_bench_model.py FIXTURE_TOKENIZER_DIR OUT_DIR
+Usage: python make_bench_model.py FIXTURE_TOKENIZER_DIR OUT_DIR [KEY=VALUE ...]
+
+KEY=VALUE pairs replace fields of the config (integers), for larger models
+of the same family, e.g. `hidden_size=8192 num_hidden_layers=56
+intermediate_size=28672 num_attention_heads=64` (about 49B parameters).
 """
 
 import shutil
@@ -65,6 +69,11 @@ def save_random_model(model, config, src, out, norms_at_one=True):
 def main():
     config = dict(CONFIG)
     config["eos_token_id"] = [151645]
+    for pair in sys.argv[3:]:
+        key, value = pair.split("=", 1)
+        if key not in CONFIG:
+            sys.exit(f"unknown config field {key}")
+        config[key] = int(value)
     model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
     save_random_model(model, config, sys.argv[1], sys.argv[2])
 
