@@ -457,6 +457,66 @@ fn parallel_greedy_ids_equal_one_process() {
     assert_eq!(tensor, 6, "the tensor-parallel fixtures are in the index");
 }
 
+/// The Gemma 3 fixture with its one key/value head stored twice in every
+/// layer (`num_key_value_heads` 2): the same function (each pair of query
+/// heads reads an identical copy), now splittable over two ranks.
+fn gemma3_with_two_kv_heads() -> PathBuf {
+    let dir = common::copy_model(&common::fixtures().join("gemma3_text"), "gemma3-kv2");
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let (mut data, mut shape) = (view.data().to_vec(), view.shape().to_vec());
+        if name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight") {
+            data.extend_from_slice(view.data());
+            shape[0] *= 2;
+        }
+        out.push((name, data, shape, view.dtype()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
+        .iter()
+        .map(|(n, d, s, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &file).unwrap();
+    let config = dir.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["num_key_value_heads"] = 2.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    dir
+}
+
+/// Gemma 3 (sliding-window layers included) over two tensor-parallel
+/// ranks gives one process's greedy ids, each rank reading half of the
+/// split layers.
+#[test]
+fn gemma3_over_two_tensor_parallel_ranks() {
+    if role().is_some() {
+        return;
+    }
+    let expected = {
+        let mut model = NativeModel::load(&common::fixtures().join("gemma3_text")).unwrap();
+        format!("{:?}", greedy(&mut model, PROMPT))
+    };
+    let dir = gemma3_with_two_kv_heads();
+    let copied = {
+        let mut model = NativeModel::load(&dir).unwrap();
+        format!("{:?}", greedy(&mut model, PROMPT))
+    };
+    assert_eq!(copied, expected, "a copied key/value head changes nothing");
+    let path = dir.to_str().unwrap();
+    for (rank, (ids, _, _)) in parallel_run(path, "tensor", 2).iter().enumerate() {
+        assert_eq!(ids, &expected, "gemma3 tensor over 2, rank {rank}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Shapes that do not split are refused with the reason, on every rank;
 /// a group of one changes nothing.
 #[test]
