@@ -80,7 +80,7 @@ fn read_inputs(
     path: Option<&std::path::Path>,
     skip_invalid: bool,
 ) -> Result<Vec<(usize, inference::Input)>> {
-    if distributed.follower() {
+    if distributed.follower()? {
         return Ok(Vec::new());
     }
     Ok(inputs::read(path, skip_invalid)?.inputs)
@@ -103,7 +103,7 @@ fn progress(total: usize) -> ProgressBar {
 
 /// Runs `mlx-infer classify`.
 pub fn classify(args: ClassifyArgs) -> Result<i32> {
-    let follower = args.distributed.follower();
+    let follower = args.distributed.follower()?;
     let parsed = read_inputs(&args.distributed, args.input.as_deref(), args.skip_invalid)?;
     let mut model = crate::generate::load_with(
         args.model.clone(),
@@ -200,7 +200,7 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
 
 /// Runs `mlx-infer batch`.
 pub fn batch(args: BatchArgs) -> Result<i32> {
-    let follower = args.common.follower();
+    let follower = args.common.follower()?;
     let parsed = read_inputs(
         &args.common.distributed,
         args.input.as_deref(),
@@ -214,11 +214,13 @@ pub fn batch(args: BatchArgs) -> Result<i32> {
     let lines: Vec<usize> = parsed.iter().map(|(l, _)| *l).collect();
     let batch_inputs: Vec<inference::Input> = parsed.iter().map(|(_, i)| i.clone()).collect();
     if follower {
-        let mut stream = model.generate_batch(&batch_inputs, &opts, &batch);
-        for event in stream.by_ref() {
-            event?;
+        let mut cancelled = false;
+        for event in model.generate_batch(&batch_inputs, &opts, &batch) {
+            if let BatchEvent::Done(c) = event? {
+                cancelled |= c.reason == StopReason::Cancelled;
+            }
         }
-        return Ok(0);
+        return Ok(if cancelled { INTERRUPTED } else { 0 });
     }
     let started = Instant::now();
     let bar = progress(lines.len());

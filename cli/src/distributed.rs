@@ -37,9 +37,15 @@ impl DistributedArgs {
     }
 
     /// True on the ranks of a distributed run other than rank 0: they get
-    /// their input from rank 0 and print nothing.
-    pub fn follower(&self) -> bool {
-        self.distributed.is_some() && !crate::launch::is_rank_zero()
+    /// their input from rank 0 and print nothing. The rank is the one MLX's
+    /// group gives this process (joining it now), whatever launched it. A
+    /// process that cannot join a group counts as rank 0: loading the model
+    /// then says why it cannot run distributed.
+    pub fn follower(&self) -> Result<bool> {
+        if self.distributed.is_none() {
+            return Ok(false);
+        }
+        Ok(group_rank(self.distributed_backend.as_deref()).is_ok_and(|r| r != 0))
     }
 
     /// Rank 0's `text` on every rank of a distributed run (what the other
@@ -60,6 +66,19 @@ impl DistributedArgs {
         let shared = self.rank_zero_text(serde_json::to_string(&value)?)?;
         serde_json::from_str(&shared).context("rank 0 sent a bad message")
     }
+}
+
+/// This process's rank in MLX's distributed group (joined on first use;
+/// MLX hands out the same group to the model).
+#[cfg(feature = "metal")]
+pub fn group_rank(backend: Option<&str>) -> Result<usize> {
+    Ok(mlx_metal::distributed::Group::init(backend, true)?.rank())
+}
+
+/// Without the native backend there is no distributed run.
+#[cfg(not(feature = "metal"))]
+pub fn group_rank(_backend: Option<&str>) -> Result<usize> {
+    anyhow::bail!("distributed runs need the native MLX backend, which this build leaves out")
 }
 
 /// Rank 0's `text` on every rank of the distributed group.

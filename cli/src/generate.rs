@@ -113,7 +113,9 @@ pub fn load_with(
     let mut opts = LoadOptions::default().dtype(dtype);
     opts.backend = backend.map(str::to_string);
     opts.adapter_path = adapter_path.map(Path::to_path_buf);
-    let quiet = distributed.is_some() && !crate::launch::is_rank_zero();
+    let quiet = distributed.as_ref().is_some_and(|d| {
+        crate::distributed::group_rank(d.backend.as_deref()).is_ok_and(|r| r != 0)
+    });
     opts.distributed = distributed;
     let model = inference::load_model_with(&dir, opts)?;
     if !quiet {
@@ -158,7 +160,7 @@ impl CommonArgs {
 
     /// True on the ranks of a distributed run other than rank 0: they
     /// generate with the others but print nothing.
-    pub fn follower(&self) -> bool {
+    pub fn follower(&self) -> Result<bool> {
         self.distributed.follower()
     }
 }
@@ -261,7 +263,7 @@ fn exit_code(reason: Option<StopReason>) -> i32 {
 
 /// Runs `mlx-infer generate`.
 pub fn generate(args: GenerateArgs) -> Result<i32> {
-    let follower = args.common.follower();
+    let follower = args.common.follower()?;
     let prompt = match args.prompt {
         Some(p) => p,
         // a distributed run's other ranks get the prompt from rank 0
@@ -295,7 +297,7 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
 
 /// Runs `mlx-infer chat`.
 pub fn chat(args: ChatArgs) -> Result<i32> {
-    let follower = args.common.follower();
+    let follower = args.common.follower()?;
     let cancel = cancel_on_ctrl_c()?;
     let mut history: Vec<Message> = args.system.iter().map(Message::system).collect();
     let one_shot = match &args.message {

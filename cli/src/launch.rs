@@ -4,15 +4,16 @@
 //! `MLX_HOSTFILE` (`MLX_WORLD_SIZE`, `NCCL_HOST_IP`, `NCCL_PORT` and
 //! `CUDA_VISIBLE_DEVICES`) as `mlx.launch` does. Rank 0 keeps the
 //! terminal; the others' output is shown only if they fail. When a rank
-//! fails, the others are stopped and its exit status is returned. SIGTERM
-//! sent to the launch is passed on to rank 0 (Ctrl-C at a terminal
-//! reaches every rank by itself).
+//! fails, the others are stopped and its exit status is returned; ranks
+//! still running 30 s after rank 0 ended are stopped too. SIGTERM sent to
+//! the launch is passed on to rank 0 (to the others, once rank 0 is gone);
+//! Ctrl-C at a terminal reaches every rank by itself.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -33,11 +34,6 @@ pub struct LaunchArgs {
     /// `-- generate --model M --prompt P --distributed tensor`).
     #[arg(last = true, required = true)]
     command: Vec<String>,
-}
-
-/// Whether this process is rank 0 (or not part of a launch at all).
-pub fn is_rank_zero() -> bool {
-    std::env::var("MLX_RANK").map_or(true, |r| r.trim() == "0")
 }
 
 /// A JSON hostfile for `n` ranks on free loopback ports, as the `ring`
@@ -66,6 +62,10 @@ mod tempfile_path {
     }
 }
 
+/// How long the other ranks may run on once rank 0 has ended (they end
+/// with it: a generation's last step, or a server's farewell).
+const LEADER_GRACE: Duration = Duration::from_secs(30);
+
 /// A free port on the loopback interface.
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")
@@ -85,12 +85,26 @@ fn rank_env(
     hostfile: &std::path::Path,
     nccl_port: u16,
     gpus: Option<&str>,
-) -> Vec<(&'static str, String)> {
+) -> Result<Vec<(&'static str, String)>> {
     let mut env = vec![("MLX_RANK", rank.to_string())];
     if backend == "nccl" {
-        let gpu = gpus
-            .and_then(|list| list.split(',').nth(rank))
-            .map_or_else(|| rank.to_string(), |g| g.trim().to_string());
+        let gpu = match gpus {
+            None => rank.to_string(),
+            Some(list) => {
+                let listed: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .collect();
+                match listed.get(rank) {
+                    Some(g) => g.to_string(),
+                    None => bail!(
+                        "CUDA_VISIBLE_DEVICES={list:?} lists {} GPU(s) for {n} ranks (one each)",
+                        listed.len()
+                    ),
+                }
+            }
+        };
         env.extend([
             ("MLX_WORLD_SIZE", n.to_string()),
             ("NCCL_HOST_IP", "127.0.0.1".to_string()),
@@ -100,7 +114,7 @@ fn rank_env(
     } else {
         env.push(("MLX_HOSTFILE", hostfile.display().to_string()));
     }
-    env
+    Ok(env)
 }
 
 /// Runs `mlx-infer launch`; returns the exit status.
@@ -126,7 +140,7 @@ pub fn run(args: LaunchArgs) -> Result<i32> {
             &hosts.0,
             nccl_port,
             gpus.as_deref(),
-        ));
+        )?);
         if rank > 0 {
             let log = std::fs::File::create(&log.0)
                 .with_context(|| format!("cannot write {}", log.0.display()))?;
@@ -152,12 +166,37 @@ pub fn run(args: LaunchArgs) -> Result<i32> {
     .context("cannot watch for Ctrl-C")?;
     let mut status = 0;
     let mut running = n;
+    // When rank 0 ended, with the others still running.
+    let mut leader_ended: Option<Instant> = None;
     while running > 0 {
         if term.swap(false, Ordering::SeqCst) {
-            if let Some(leader) = &children[0] {
-                let pid = nix::unistd::Pid::from_raw(leader.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            match &children[0] {
+                Some(leader) => {
+                    let pid = nix::unistd::Pid::from_raw(leader.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+                // no rank 0 to end them: stop what is left
+                None => {
+                    for other in children.iter_mut().flatten() {
+                        let _ = other.kill();
+                    }
+                }
             }
+        }
+        if leader_ended.is_some_and(|t| t.elapsed() > LEADER_GRACE) {
+            for (rank, other) in children.iter_mut().enumerate() {
+                if let Some(child) = other {
+                    eprintln!(
+                        "rank {rank} of {n} still ran {} s after rank 0 ended; stopping it",
+                        LEADER_GRACE.as_secs()
+                    );
+                    let _ = child.kill();
+                }
+            }
+            if status == 0 {
+                status = 1;
+            }
+            leader_ended = None;
         }
         for rank in 0..n {
             let Some(child) = children[rank].as_mut() else {
@@ -168,6 +207,9 @@ pub fn run(args: LaunchArgs) -> Result<i32> {
             };
             children[rank] = None;
             running -= 1;
+            if rank == 0 && running > 0 {
+                leader_ended = Some(Instant::now());
+            }
             let code = exit.code().unwrap_or(1);
             if code != 0 && status == 0 {
                 status = code;
@@ -197,13 +239,13 @@ mod tests {
     fn each_backend_gets_the_environment_mlx_launch_sets() {
         let hosts = Path::new("/tmp/hosts.json");
         assert_eq!(
-            rank_env("ring", 1, 2, hosts, 9000, None),
+            rank_env("ring", 1, 2, hosts, 9000, None).unwrap(),
             vec![
                 ("MLX_RANK", "1".to_string()),
                 ("MLX_HOSTFILE", "/tmp/hosts.json".to_string())
             ]
         );
-        let nccl = rank_env("nccl", 1, 4, hosts, 9000, None);
+        let nccl = rank_env("nccl", 1, 4, hosts, 9000, None).unwrap();
         assert_eq!(
             nccl,
             vec![
@@ -215,10 +257,17 @@ mod tests {
             ]
         );
         // rank r takes the r-th of the GPUs the user allowed
-        let picked = rank_env("nccl", 1, 2, hosts, 9000, Some("4, 6"));
+        let picked = rank_env("nccl", 1, 2, hosts, 9000, Some("4, 6")).unwrap();
         assert_eq!(
             picked.last().unwrap(),
             &("CUDA_VISIBLE_DEVICES", "6".to_string())
         );
+        // fewer GPUs than ranks, or none, is an error, not a shared GPU
+        let err = rank_env("nccl", 2, 3, hosts, 9000, Some("2,3")).unwrap_err();
+        assert!(
+            err.to_string().contains("lists 2 GPU(s) for 3 ranks"),
+            "{err}"
+        );
+        assert!(rank_env("nccl", 0, 2, hosts, 9000, Some("")).is_err());
     }
 }

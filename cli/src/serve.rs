@@ -90,7 +90,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     opts.backend = args.backend;
     opts.adapter_path = args.adapter_path;
     opts.distributed = args.distributed.load_option()?;
-    if args.distributed.follower() {
+    if args.distributed.follower()? {
         return follow(&dir, opts, &config);
     }
     let loader = Box::new(move || {

@@ -172,7 +172,12 @@ fn a_launched_server_answers_as_one_process() {
             let server = Server::start(&model, &[]);
             ask(server.port, prompts[0], false, false, &seeded)
         };
-        let mut server = Server::launch(2, &model, &["--distributed", kind]);
+        // prompts read a few tokens a step: chunked prefill crosses the ranks too
+        let mut server = Server::launch(
+            2,
+            &model,
+            &["--distributed", kind, "--prefill-step-size", "4"],
+        );
         let port = server.port;
         // A client that leaves after the first bytes of a long stream.
         let leaver = within(Duration::from_secs(120), "a stream", move || {

@@ -147,11 +147,14 @@ impl Array {
                 "negative dimension in shape {shape:?}"
             )));
         }
-        let elements: i64 = shape.iter().map(|&d| d as i64).product();
-        if elements as u128 * dtype.size_in_bytes() as u128 != bytes.len() as u128 {
+        let needed = shape
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u128, |n, &d| {
+                n.checked_mul(d as u128)
+            });
+        if needed != Some(bytes.len() as u128) {
             return Err(Error::InvalidArgument(format!(
-                "shape {shape:?} of {dtype} holds {} bytes but {} were given",
-                elements as u128 * dtype.size_in_bytes() as u128,
+                "shape {shape:?} of {dtype} does not hold the {} bytes given",
                 bytes.len()
             )));
         }

@@ -211,8 +211,15 @@ pub fn run(
                 shared.set_status(Status::Ready);
                 run_engine(engine.as_mut(), &jobs, &shared.metrics, &abort, max_batch)
             }
+            // An engine that worked and cannot be made again (a
+            // distributed model whose other ranks are gone) ends serving:
+            // one request at a time would not work either.
+            Err(e) if engine_broke => {
+                shared.set_status(Status::Failed(e.to_string()));
+                return Err(e.into());
+            }
             Err(e) => {
-                if !matches!(e, inference::Error::Unsupported(_)) || engine_broke {
+                if !matches!(e, inference::Error::Unsupported(_)) {
                     log::warn!("no batching engine ({e}); serving one request at a time");
                 }
                 break;

@@ -68,7 +68,8 @@ for path in sys.argv[1:]:
         if not pairs or "=" not in pairs[0]:
             continue
         for k, v in (p.split("=") for p in pairs):
-            rows.setdefault((kind, k), []).append(float(v))
+            if k != "pid":
+                rows.setdefault((kind, k), []).append(float(v))
     for (kind, k), v in sorted(rows.items()):
         print(f"{path}: {kind} {k} median {statistics.median(v):.0f} (n={len(v)})")
 PY

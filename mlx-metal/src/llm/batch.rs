@@ -107,10 +107,12 @@ impl<'m> Batch<'m> {
     }
 
     /// Runs `tokens` (`[rows, n]`) through the model for their keys and
-    /// values alone (no output layer) and evaluates the caches.
+    /// values alone (no output layer) and evaluates the caches (and, on a
+    /// pipelined model, the hand-over between ranks, which the caches of
+    /// the first ranks do not depend on: see [`Architecture::prefill`]).
     pub(crate) fn feed(&mut self, tokens: &Array) -> Result<()> {
-        self.model.hidden(tokens, &mut self.caches)?;
-        eval(&self.state())?;
+        let pending = self.model.prefill(tokens, &mut self.caches)?;
+        eval(&pending.iter().collect::<Vec<_>>())?;
         clear_cache()
     }
 

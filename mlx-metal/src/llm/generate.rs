@@ -150,9 +150,6 @@ pub struct Generation<'a> {
     next: Option<Sampled>,
     /// The first token, from which the next step is still to be started.
     deferred: Option<Array>,
-    /// Build and launch microseconds of the step in flight, when
-    /// [`profile`] is on.
-    launched: Option<(u128, u128)>,
     held: Vec<Token>,
     ready: std::collections::VecDeque<Token>,
     reason: Option<StopReason>,
@@ -226,7 +223,6 @@ impl<'a> Generation<'a> {
             opts: opts.clone(),
             next,
             deferred: None,
-            launched: None,
             held: Vec::new(),
             ready: Default::default(),
             reason: if cancelled {
@@ -282,9 +278,7 @@ impl<'a> Generation<'a> {
         step.start()?;
         let launch = profile::lap(&mut t);
         self.next = Some(step);
-        if profile::enabled() {
-            self.launched = Some((build, launch));
-        }
+        profile::record(|| format!("decode build_us={build} launch_us={launch}"));
         Ok(())
     }
 
@@ -321,12 +315,8 @@ impl<'a> Generation<'a> {
             }
             let waited = Instant::now();
             let id = y.read(self.timing.generated + 1)?;
-            if let Some((build, launch)) = self.launched.take() {
-                let wait = waited.elapsed().as_micros();
-                profile::record(|| {
-                    format!("decode build_us={build} launch_us={launch} wait_us={wait}")
-                });
-            }
+            let wait = waited.elapsed().as_micros();
+            profile::record(|| format!("decode wait_us={wait}"));
             id
         };
         let now = Instant::now();

@@ -42,6 +42,9 @@ pub struct NativeModel {
     metrics: Metrics,
     /// The group the model is spread over, once [`distribute`](Self::distribute)d.
     group: Option<Group>,
+    /// Set when a distributed serving engine has ended: the other ranks
+    /// no longer follow, so no other engine can be made.
+    followers_gone: std::cell::Cell<bool>,
 }
 
 impl NativeModel {
@@ -149,6 +152,7 @@ impl NativeModel {
             info,
             metrics: Metrics::default(),
             group: None,
+            followers_gone: std::cell::Cell::new(false),
         })
     }
 
@@ -423,9 +427,19 @@ impl TextModel for NativeModel {
         let engine = NativeEngine::new(self, options)?;
         // On a distributed model every rank runs the same engine, rank 0
         // leading (see `engine::replicated`).
-        Ok(match engine.model.group() {
+        let model = engine.model;
+        if model.followers_gone.get() {
+            return Err(inference::Error::InvalidArgument(
+                "the serving engine of this distributed model has ended and the other ranks \
+                 no longer follow; start every rank again"
+                    .into(),
+            ));
+        }
+        Ok(match model.group() {
             None => Box::new(engine),
-            Some(group) if group.rank() == 0 => Box::new(Leader::new(engine, group)),
+            Some(group) if group.rank() == 0 => {
+                Box::new(Leader::new(engine, group, &model.followers_gone))
+            }
             Some(group) => Box::new(Follower::new(engine, group)),
         })
     }

@@ -6,7 +6,8 @@
 //! long reading its result waited. Off (and free) otherwise.
 //!
 //! Lines are plain `key=value` pairs after a kind word, e.g.
-//! `decode build_us=812 launch_us=1630 wait_us=240`.
+//! `decode build_us=812 launch_us=1630 pid=4242` when a decode step starts
+//! and `decode wait_us=240 pid=4242` when its token is read.
 
 use std::fs::File;
 use std::io::Write;
@@ -35,12 +36,17 @@ pub fn enabled() -> bool {
     sink().is_some()
 }
 
-/// Appends the line `line()` makes, when timings are on.
+/// Appends the line `line()` makes, with this process's id (`pid=`, so
+/// that the ranks of a distributed run can share one file), when timings
+/// are on.
 pub fn record(line: impl FnOnce() -> String) {
     if let Some(file) = sink() {
+        let text = format!("{} pid={}\n", line(), std::process::id());
         if let Ok(mut f) = file.lock() {
-            // A profile is a diagnostic: a failed write loses a line, not the run.
-            let _ = writeln!(f, "{}", line());
+            // One write per line, so that lines from several processes
+            // appending to the file do not mix. A profile is a diagnostic:
+            // a failed write loses a line, not the run.
+            let _ = f.write_all(text.as_bytes());
         }
     }
 }

@@ -8,8 +8,10 @@
 //! cross between ranks, through MLX's own collectives.
 //!
 //! A follower ends when the leader is dropped (it sends a last message
-//! saying so). Any failure on either side is an error for that rank; the
-//! launcher then stops the others.
+//! saying so). Any failure on either side is an error for that rank: a
+//! leader whose step failed sends nothing more (the followers may be
+//! inside that step's collectives), the model then refuses to make another
+//! engine, and the server stops; the launcher then stops the others.
 
 use inference::{Engine, EngineEvent, EngineRequest, RequestId};
 use serde::{Deserialize, Serialize};
@@ -58,21 +60,39 @@ pub struct Leader<'m> {
     inner: NativeEngine<'m>,
     group: &'m Group,
     queued: Vec<Command>,
+    /// Set while a step runs and left set when it fails: the followers may
+    /// be inside that step's collectives, so nothing more is sent to them.
+    broken: bool,
+    /// The model's mark that its followers are gone (set on drop).
+    followers_gone: &'m std::cell::Cell<bool>,
 }
 
 impl<'m> Leader<'m> {
-    /// Leads the followers of `group` with `inner`.
-    pub(crate) fn new(inner: NativeEngine<'m>, group: &'m Group) -> Leader<'m> {
+    /// Leads the followers of `group` with `inner`; `followers_gone` is
+    /// set when this leader ends.
+    pub(crate) fn new(
+        inner: NativeEngine<'m>,
+        group: &'m Group,
+        followers_gone: &'m std::cell::Cell<bool>,
+    ) -> Leader<'m> {
         Leader {
             inner,
             group,
             queued: Vec::new(),
+            broken: false,
+            followers_gone,
         }
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
+        self.followers_gone.set(true);
+        // After a failed step the followers cannot take a message in step:
+        // they end when this process does (the ring's sockets close).
+        if self.broken {
+            return;
+        }
         let end = Message {
             commands: Vec::new(),
             end: true,
@@ -99,12 +119,21 @@ impl Engine for Leader<'_> {
     }
 
     fn step(&mut self) -> inference::Result<Vec<EngineEvent>> {
+        if self.broken {
+            return Err(inference::Error::InvalidArgument(
+                "an earlier step failed; the ranks are no longer in step".into(),
+            ));
+        }
         let message = Message {
             commands: std::mem::take(&mut self.queued),
             end: false,
         };
+        // cleared only when the step returns (not on an error or a panic)
+        self.broken = true;
         send(self.group, &message)?;
-        self.inner.step()
+        let events = self.inner.step()?;
+        self.broken = false;
+        Ok(events)
     }
 
     fn pending(&self) -> usize {
