@@ -242,8 +242,10 @@ impl EngineEvent {
 }
 
 /// A running batch that requests join and leave between steps. Made by
-/// [`TextModel::engine`](crate::TextModel::engine); see the
-/// [module documentation](self).
+/// [`TextModel::engine`](crate::TextModel::engine) and driven by one
+/// thread: [`submit`](Engine::submit) requests as they arrive,
+/// [`cancel`](Engine::cancel) those whose client left, and
+/// [`step`](Engine::step) while [`pending`](Engine::pending) is above 0.
 pub trait Engine {
     /// Queues a request and returns its prompt's token count. A bad
     /// request (invalid options, unknown adapter, empty or over-long

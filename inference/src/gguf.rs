@@ -580,7 +580,7 @@ fn parse<R: Read>(r: &mut Reader<R>, path: &Path) -> std::result::Result<Gguf, F
     })
 }
 
-/// A tensor for [`write`]: its data, little-endian, in a GGML type.
+/// A tensor for [`write()`]: its data, little-endian, in a GGML type.
 #[derive(Debug, Clone)]
 pub struct TensorData {
     /// The tensor's name.

@@ -122,7 +122,7 @@ pub(crate) fn share(
 /// divided by `size` was read as this rank's share
 /// ([`Weights::linear_share`](crate::llm::weights::Weights::linear_share))
 /// and is kept as it is. Adapters are refused (attach them after
-/// sharding); so are the splits [`share`] refuses.
+/// sharding); so are the splits `share` refuses.
 pub fn shard_linear(
     layer: &Linear,
     split: Split,
