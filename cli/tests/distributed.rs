@@ -249,22 +249,22 @@ fn rank_zero_reads_stdin_for_every_rank() {
             "12",
         ]);
         assert!(alone.status.success(), "{alone:?}");
-        let mut child = cli()
-            .args(["launch", "-n", "2", "--", command, "--model", model])
-            .args(["--max-tokens", "12", "--distributed", "tensor"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"Once upon a time")
-            .unwrap();
-        let launched = child.wait_with_output().unwrap();
+        let launched = run_with_stdin(
+            &[
+                "launch",
+                "-n",
+                "2",
+                "--",
+                command,
+                "--model",
+                model,
+                "--max-tokens",
+                "12",
+                "--distributed",
+                "tensor",
+            ],
+            "Once upon a time",
+        );
         let err = String::from_utf8_lossy(&launched.stderr);
         assert!(launched.status.success(), "{command}: {err}");
         assert!(!alone.stdout.is_empty());
@@ -272,9 +272,8 @@ fn rank_zero_reads_stdin_for_every_rank() {
     }
 }
 
-/// The JSON lines of `mlx-infer ARGS` that carry an `index`, with `stdin`
-/// piped in.
-fn indexed_lines(args: &[&str], stdin: &str) -> Vec<Value> {
+/// `mlx-infer ARGS` with `stdin` piped in.
+fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
     let mut child = cli()
         .args(args)
@@ -289,7 +288,13 @@ fn indexed_lines(args: &[&str], stdin: &str) -> Vec<Value> {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The JSON lines of `mlx-infer ARGS` that carry an `index`, with `stdin`
+/// piped in.
+fn indexed_lines(args: &[&str], stdin: &str) -> Vec<Value> {
+    let out = run_with_stdin(args, stdin);
     assert!(
         out.status.success(),
         "{args:?}: {}",

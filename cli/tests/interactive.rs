@@ -14,33 +14,8 @@ fn interactive_chat_keeps_the_history() {
         fixtures.join("index.json").is_file(),
         "no fixtures: run `cargo xtask fixtures`"
     );
-    let cmd = format!(
-        "{} chat --json --max-tokens 3 --model {}",
-        env!("CARGO_BIN_EXE_mlx-infer"),
-        fixtures.join("qwen3").display()
-    );
-    let mut child = Command::new("script")
-        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
-        .env("MLXLM_PYTHON", fixtures.join("python"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs the CLI on a pty");
-    let mut stdin = child.stdin.take().unwrap();
-    // two turns, then an empty line ends the conversation
-    stdin.write_all(b"hello there\nand again\n\n").unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    let done: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| l.trim())
-        .filter(|l| l.starts_with("{\"done\""))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(done.len(), 2, "two replies in:\n{text}");
+    let (_, done) = two_turns("chat --json --max-tokens 3 --model MODEL");
+    assert_eq!(done.len(), 2, "two replies");
     let first = done[0]["prompt_tokens"].as_u64().unwrap();
     let second = done[1]["prompt_tokens"].as_u64().unwrap();
     // the second prompt holds the first exchange: user turn, 3-token reply, new turn
@@ -51,7 +26,8 @@ fn interactive_chat_keeps_the_history() {
 }
 
 /// The token lines and summaries of `mlx-infer ARGS` (a chat on a pty,
-/// with `--json`) given two turns and an empty line.
+/// with `--json`; MODEL stands for the qwen3 fixture) given two turns,
+/// then an empty line that ends the conversation.
 fn two_turns(args: &str) -> (Vec<String>, Vec<serde_json::Value>) {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_mlx-infer"))
