@@ -412,3 +412,46 @@ fn an_nccl_launch_needs_an_mlx_with_nccl() {
         );
     }
 }
+
+/// A prompt of several hundred tokens (read in chunks when a generation
+/// can be cancelled, as the CLI's can): every rank reads it in the same
+/// chunks, so the ids are one process's.
+#[test]
+fn long_prompts_give_one_process_ids() {
+    let _turn = one_launch();
+    let model = fixtures().join("qwen3");
+    let model = model.to_str().unwrap();
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(30);
+    let args = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        &prompt,
+        "--max-tokens",
+        "8",
+        "--json",
+    ];
+    let alone = run(&args);
+    assert!(alone.status.success(), "{alone:?}");
+    let ids = |out: &Output| -> Vec<Value> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v.get("id").cloned())
+            .collect()
+    };
+    assert_eq!(ids(&alone).len(), 8);
+    for kind in ["tensor", "pipeline"] {
+        let mut launched = vec!["launch", "-n", "2", "--"];
+        launched.extend(args);
+        launched.extend(["--distributed", kind]);
+        let out = run(&launched);
+        assert!(
+            out.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(ids(&out), ids(&alone), "{kind}: the ids differ");
+    }
+}

@@ -87,7 +87,8 @@ fn answers_past_the_sliding_window_stay_identical() {
         let tok = model.tokenizer();
         let opts = GenerateOptions::default().max_tokens(expected.len());
         let mut g =
-            mlx_metal::llm::generate::Generation::start(arch, tok, &prompt, &opts, 3).unwrap();
+            mlx_metal::llm::generate::Generation::start(arch, tok, &prompt, &opts, 3, false)
+                .unwrap();
         std::iter::from_fn(|| g.next_token())
             .map(|t| t.unwrap().id)
             .collect()

@@ -160,13 +160,18 @@ pub struct Generation<'a> {
 }
 
 impl<'a> Generation<'a> {
-    /// Prefills `prompt` and starts computing the first token.
+    /// Prefills `prompt` and starts computing the first token. With
+    /// `fixed_chunks`, a cancellable generation still reads the prompt in
+    /// chunks of `prefill_step` (the ranks of a distributed model must all
+    /// run the same passes; chunks sized by each one's measured speed
+    /// would differ).
     pub fn start(
         model: &'a dyn Architecture,
         tokenizer: &'a Tokenizer,
         prompt: &[u32],
         opts: &GenerateOptions,
         prefill_step: usize,
+        fixed_chunks: bool,
     ) -> Result<Generation<'a>> {
         if prompt.is_empty() {
             return Err(crate::Error::InvalidArgument(
@@ -183,7 +188,7 @@ impl<'a> Generation<'a> {
         };
         let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
         let mut done = 0usize;
-        let cancellable = opts.cancel.is_some();
+        let cancellable = opts.cancel.is_some() && !fixed_chunks;
         let mut last_chunk = None;
         let mut cancelled = false;
         // Whole chunks while more than one remains; the first step then

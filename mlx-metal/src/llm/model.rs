@@ -285,6 +285,7 @@ impl NativeModel {
             &prompt,
             opts,
             PREFILL_STEP,
+            self.group.is_some(),
         ) {
             Ok(generation) => TokenStream::with_stops(
                 Source {
