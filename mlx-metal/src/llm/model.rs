@@ -173,7 +173,10 @@ impl NativeModel {
     /// ([`ParallelKind::Pipeline`]). Every rank must load the same model
     /// and call this with the same arguments. MLX's global random
     /// generator is then seeded alike on every rank (with a seed rank 0
-    /// draws), so that unseeded sampling picks the same tokens everywhere.
+    /// draws), so that unseeded sampling picks the same tokens everywhere,
+    /// and on the CPU every rank computes single-row products in the form
+    /// rank 0 measured faster, so that the layers every rank holds whole
+    /// give the same numbers everywhere.
     ///
     /// ```no_run
     /// use mlx_metal::llm::NativeModel;
@@ -195,6 +198,7 @@ impl NativeModel {
         // our own for the engine's messages.
         let group = Group::init(backend, true)?;
         group.share_random_seed()?;
+        crate::nn::agree_on_product_form(&group)?;
         self.group = Some(group);
         Ok(())
     }

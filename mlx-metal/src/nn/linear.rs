@@ -1,5 +1,6 @@
 //! `y = x W^T + b`, with W dense or affine-quantised.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use crate::nn::lora::{LoraLinear, MultiLora};
@@ -51,16 +52,41 @@ pub(crate) fn row_times_transposed(x: &Array, w: &Array) -> Result<Option<Array>
 /// matrices (128 MB, more than the caches hold, as a model's weights are),
 /// three alternating passes of each form. About 0.1 to 0.3 s.
 fn matvec_is_faster() -> bool {
-    static FASTER: OnceLock<bool> = OnceLock::new();
-    if let Some(&faster) = FASTER.get() {
-        return faster;
+    match FASTER.load(Ordering::SeqCst) {
+        UNKNOWN if crate::closure::tracing() => {
+            // nothing may be evaluated inside a trace: the one-row GEMM
+            // until an eager product has measured
+            false
+        }
+        UNKNOWN => {
+            let faster = measure_matvec().unwrap_or(false);
+            // a choice another thread (or `agree_on_product_form`) made
+            // first stands
+            let _ =
+                FASTER.compare_exchange(UNKNOWN, faster as u8, Ordering::SeqCst, Ordering::SeqCst);
+            FASTER.load(Ordering::SeqCst) == 1
+        }
+        known => known == 1,
     }
-    if crate::closure::tracing() {
-        // nothing may be evaluated inside a trace: the one-row GEMM until
-        // an eager product has measured
-        return false;
+}
+
+/// [`matvec_is_faster`]'s answer: 0 false, 1 true, [`UNKNOWN`] not yet measured.
+static FASTER: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 2;
+
+/// Makes every rank of `group` use rank 0's product form for single rows
+/// (measured there): a layer that stays whole on every rank (the output
+/// layer) then gives the same logits everywhere, so the ranks cannot pick
+/// different tokens where two are nearly tied. Nothing to agree on off
+/// the CPU. Every rank must call it at the same point.
+pub(crate) fn agree_on_product_form(group: &crate::distributed::Group) -> Result<()> {
+    if !on_cpu() {
+        return Ok(());
     }
-    *FASTER.get_or_init(|| measure_matvec().unwrap_or(false))
+    let mine = matvec_is_faster();
+    let leader = group.broadcast_bytes(&[mine as u8])?;
+    FASTER.store(u8::from(leader.first() == Some(&1)), Ordering::SeqCst);
+    Ok(())
 }
 
 fn measure_matvec() -> Result<bool> {

@@ -23,6 +23,7 @@ pub use decoder::{
     caches_for, checkpointed, window_masks, Block, Decoder, DecoderShape, PreNormBlock,
 };
 pub use embedding::Embedding;
+pub(crate) use linear::agree_on_product_form;
 pub use linear::Linear;
 pub use lora::{LoraLinear, LoraParams};
 pub use mlp::Mlp;
