@@ -455,3 +455,51 @@ fn long_prompts_give_one_process_ids() {
         assert_eq!(ids(&out), ids(&alone), "{kind}: the ids differ");
     }
 }
+
+/// The child processes of `pid` and the rank each was given (Linux).
+fn ranks_of(pid: u32) -> Vec<(u32, usize)> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children
+        .split_whitespace()
+        .map(|c| c.parse::<u32>().unwrap())
+        .filter_map(|c| {
+            let env = std::fs::read(format!("/proc/{c}/environ")).ok()?;
+            let rank = env
+                .split(|&b| b == 0)
+                .find_map(|kv| kv.strip_prefix(b"MLX_RANK="))?;
+            Some((c, std::str::from_utf8(rank).ok()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A rank of a distributed server that is killed (SIGKILL, no chance to
+/// say goodbye) ends the launch with an error, whichever rank it was, and
+/// leaves no rank behind.
+#[test]
+fn a_killed_rank_ends_a_distributed_server() {
+    let _turn = one_launch();
+    let model = fixtures().join("qwen3");
+    for victim in [1, 0] {
+        let mut server = Server::launch(2, &model, &["--distributed", "tensor"]);
+        assert!(!ask(server.port, "Hello there", false, false, &json!({})).is_empty());
+        let ranks = ranks_of(server.child.id());
+        assert_eq!(ranks.len(), 2, "{ranks:?}");
+        let (pid, _) = ranks.iter().find(|(_, r)| *r == victim).unwrap();
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = server.wait(Duration::from_secs(60));
+        assert!(
+            !status.success(),
+            "rank {victim} killed: the launch ended with {status}"
+        );
+        for (pid, rank) in ranks {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "rank {rank} still runs after rank {victim} was killed"
+            );
+        }
+    }
+}
