@@ -10,6 +10,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use inference::CancellationToken;
 
@@ -197,6 +198,12 @@ pub async fn serve_on(
             });
         }
     };
+    // Tokens go out as small SSE writes: without TCP_NODELAY, Nagle's
+    // algorithm holds a write back until the client's delayed ACK (about
+    // 40 ms on Linux), which a streaming client sees as latency.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -33,11 +33,14 @@ wheels=${2:-}
 tok=${3:-}
 parts=${4:-decode serve classify batch}
 out=${OUT:-/tmp}
+mkdir -p "$out"
 export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 mi=$bin/mlx-infer
 "$mi" backends
-qwen=/tmp/bench-qwen3-0.6b-bf16
-gemma=/tmp/bench-gemma3-1b-bf16
+# QWEN_MODEL / GEMMA_MODEL: use these model directories instead (e.g. the
+# fixtures, to try the script on a CPU).
+qwen=${QWEN_MODEL:-/tmp/bench-qwen3-0.6b-bf16}
+gemma=${GEMMA_MODEL:-/tmp/bench-gemma3-1b-bf16}
 need_qwen() { [ -d $qwen ] || python3 xtask/python/make_bench_model.py fixtures/qwen3 $qwen > /dev/null; }
 need_gemma() {
   [ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "${tok:?TOK_DIR}" $gemma > /dev/null
@@ -89,8 +92,10 @@ fi
 
 if [[ " $parts " == *" serve "* ]]; then
   need_qwen
-  python3 -m pip install -q --no-index --no-deps --target /tmp/oai "${wheels:?WHEELS_DIR}"/*.whl
-  export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
+  if ! python3 -c 'import openai' 2> /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/oai "${wheels:?WHEELS_DIR}"/*.whl
+    export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
+  fi
   MLX_INFER_STEP_PROFILE=$out/serve-prof.txt "$mi" serve --port 8101 --max-batch 32 \
     --model $qwen 2> $out/serve-mlx-infer.err &
   python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> $out/serve-mlx_lm.err &
