@@ -2,12 +2,11 @@
 //! parse, answers equal to mlx_lm's on the fixtures, bad lines reported by
 //! number.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
-use test_support::{fixture_models, fixtures, ids, reference};
+use test_support::{fixture_models, fixtures, ids, output_with_stdin, reference};
 
 fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlx-infer"));
@@ -19,22 +18,7 @@ fn cli() -> Command {
 
 /// Runs the CLI with `input` on stdin: (exit code, stdout JSON lines, stderr).
 fn run(args: &[&str], model: &Path, input: &str) -> (i32, Vec<Value>, String) {
-    let mut child = cli()
-        .args(args)
-        .arg("--model")
-        .arg(model)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(cli().args(args).arg("--model").arg(model), input.as_bytes());
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))

@@ -2,9 +2,8 @@
 //! talks to SmolLM2, `models` lists it and an ollama store, and a missing
 //! default model is one line that says how to get it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -45,21 +44,12 @@ fn cache() -> PathBuf {
 #[test]
 fn chat_without_a_model_talks_to_the_default_model() {
     let home = home("chat");
-    let mut child = cli(&home)
-        .args(["chat", "--max-tokens", "32"])
-        .env("MLX_INFER_CACHE", cache())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the capital of France?")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = test_support::output_with_stdin(
+        cli(&home)
+            .args(["chat", "--max-tokens", "32"])
+            .env("MLX_INFER_CACHE", cache()),
+        b"What is the capital of France?",
+    );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

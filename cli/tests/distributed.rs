@@ -274,21 +274,7 @@ fn rank_zero_reads_stdin_for_every_rank() {
 
 /// `mlx-infer ARGS` with `stdin` piped in.
 fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = cli()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    test_support::output_with_stdin(cli().args(args), stdin.as_bytes())
 }
 
 /// The JSON lines of `mlx-infer ARGS` that carry an `index`, with `stdin`

@@ -1,7 +1,7 @@
 //! `mlx-infer generate` and `chat` end to end through the native and mlxlm backends,
 //! against mlx_lm's recorded answers (fixtures from `cargo xtask fixtures`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,16 +19,7 @@ fn cli() -> Command {
 
 /// Runs the CLI; returns (exit code, stdout JSON lines, stderr).
 fn run_json(cmd: &mut Command, stdin: Option<&str>) -> (i32, Vec<Value>, String) {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
+    let out = test_support::output_with_stdin(cmd, stdin.unwrap_or("").as_bytes());
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines = stdout
         .lines()

@@ -300,17 +300,12 @@ fn non_finite_logits_stop_with_an_error_on_both_backends() {
 
 /// Runs the CLI with `args`; returns the exit code and stderr.
 fn cli(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
-        .args(args)
-        .env("MLXLM_PYTHON", test_support::python())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = test_support::output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_mlx-infer"))
+            .args(args)
+            .env("MLXLM_PYTHON", test_support::python()),
+        stdin,
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -52,6 +52,21 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| fixtures().join("python"))
 }
 
+/// Runs `cmd` with `stdin` written to its standard input (then closed) and
+/// its standard output and error captured.
+pub fn output_with_stdin(cmd: &mut std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A scratch directory under the system's temporary folder, removed (with
 /// its contents) on drop.
 pub struct ScratchDir(PathBuf);
