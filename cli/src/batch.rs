@@ -73,14 +73,14 @@ pub struct BatchArgs {
 }
 
 /// The inputs of `--input` (or stdin) as [`inputs::read`] checks them; on
-/// the other ranks of a distributed run, none (rank 0 hands its own over
-/// once the model is loaded).
+/// a `follower` (a distributed run's rank other than 0), none: rank 0
+/// hands its own over once the model is loaded.
 fn read_inputs(
-    distributed: &DistributedArgs,
+    follower: bool,
     path: Option<&std::path::Path>,
     skip_invalid: bool,
 ) -> Result<Vec<(usize, inference::Input)>> {
-    if distributed.follower()? {
+    if follower {
         return Ok(Vec::new());
     }
     Ok(inputs::read(path, skip_invalid)?.inputs)
@@ -104,7 +104,7 @@ fn progress(total: usize) -> ProgressBar {
 /// Runs `mlx-infer classify`.
 pub fn classify(args: ClassifyArgs) -> Result<i32> {
     let follower = args.distributed.follower()?;
-    let parsed = read_inputs(&args.distributed, args.input.as_deref(), args.skip_invalid)?;
+    let parsed = read_inputs(follower, args.input.as_deref(), args.skip_invalid)?;
     let mut model = crate::generate::load_with(
         args.model.clone(),
         args.backend.as_deref(),
@@ -200,12 +200,8 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
 
 /// Runs `mlx-infer batch`.
 pub fn batch(args: BatchArgs) -> Result<i32> {
-    let follower = args.common.follower()?;
-    let parsed = read_inputs(
-        &args.common.distributed,
-        args.input.as_deref(),
-        args.skip_invalid,
-    )?;
+    let follower = args.common.distributed.follower()?;
+    let parsed = read_inputs(follower, args.input.as_deref(), args.skip_invalid)?;
     let cancel = cancel_on_ctrl_c()?;
     let mut model = args.common.load()?;
     let parsed = args.common.distributed.rank_zero_value(parsed)?;

@@ -157,12 +157,6 @@ impl CommonArgs {
             self.distributed.load_option()?,
         )
     }
-
-    /// True on the ranks of a distributed run other than rank 0: they
-    /// generate with the others but print nothing.
-    pub fn follower(&self) -> Result<bool> {
-        self.distributed.follower()
-    }
 }
 
 /// Runs a generation to its end without printing (a distributed run's
@@ -263,7 +257,7 @@ fn exit_code(reason: Option<StopReason>) -> i32 {
 
 /// Runs `mlx-infer generate`.
 pub fn generate(args: GenerateArgs) -> Result<i32> {
-    let follower = args.common.follower()?;
+    let follower = args.common.distributed.follower()?;
     let prompt = match args.prompt {
         Some(p) => p,
         // a distributed run's other ranks get the prompt from rank 0
@@ -297,7 +291,7 @@ pub fn generate(args: GenerateArgs) -> Result<i32> {
 
 /// Runs `mlx-infer chat`.
 pub fn chat(args: ChatArgs) -> Result<i32> {
-    let follower = args.common.follower()?;
+    let follower = args.common.distributed.follower()?;
     let cancel = cancel_on_ctrl_c()?;
     let mut history: Vec<Message> = args.system.iter().map(Message::system).collect();
     let one_shot = match &args.message {

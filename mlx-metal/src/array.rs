@@ -112,11 +112,7 @@ impl Array {
     /// # Ok::<(), mlx_metal::Error>(())
     /// ```
     pub fn from_slice<T: Element>(data: &[T], shape: &[i32]) -> Result<Array> {
-        if shape.iter().any(|&d| d < 0) {
-            return Err(Error::InvalidArgument(format!(
-                "negative dimension in shape {shape:?}"
-            )));
-        }
+        check_dims(shape)?;
         let expected: i64 = shape.iter().map(|&d| d as i64).product();
         if expected != data.len() as i64 {
             return Err(Error::InvalidArgument(format!(
@@ -142,11 +138,7 @@ impl Array {
     /// little-endian bytes `bytes` (row-major), as a safetensors file
     /// stores them. Fails when the length does not match.
     pub fn from_bytes(bytes: &[u8], shape: &[i32], dtype: Dtype) -> Result<Array> {
-        if shape.iter().any(|&d| d < 0) {
-            return Err(Error::InvalidArgument(format!(
-                "negative dimension in shape {shape:?}"
-            )));
-        }
+        check_dims(shape)?;
         let needed = shape
             .iter()
             .try_fold(dtype.size_in_bytes() as u128, |n, &d| {
@@ -331,4 +323,14 @@ impl std::fmt::Debug for Array {
             .unwrap_or_else(|e| format!("<array {:?} {}: {e}>", self.shape(), self.dtype()));
         f.write_str(&text)
     }
+}
+
+/// Refuses a shape with a negative dimension.
+fn check_dims(shape: &[i32]) -> Result<()> {
+    if shape.iter().any(|&d| d < 0) {
+        return Err(Error::InvalidArgument(format!(
+            "negative dimension in shape {shape:?}"
+        )));
+    }
+    Ok(())
 }

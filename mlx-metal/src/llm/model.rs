@@ -429,17 +429,17 @@ impl TextModel for NativeModel {
         options: &inference::EngineOptions,
     ) -> inference::Result<Box<dyn inference::Engine + '_>> {
         use crate::llm::engine::{Follower, Leader, NativeEngine};
-        let engine = NativeEngine::new(self, options)?;
-        // On a distributed model every rank runs the same engine, rank 0
-        // leading (see `engine::replicated`).
-        let model = engine.model;
-        if model.followers_gone.get() {
+        if self.followers_gone.get() {
             return Err(inference::Error::InvalidArgument(
                 "the serving engine of this distributed model has ended and the other ranks \
                  no longer follow; start every rank again"
                     .into(),
             ));
         }
+        let engine = NativeEngine::new(self, options)?;
+        // On a distributed model every rank runs the same engine, rank 0
+        // leading (see `engine::replicated`).
+        let model = engine.model;
         Ok(match model.group() {
             None => Box::new(engine),
             Some(group) if group.rank() == 0 => {
