@@ -85,6 +85,8 @@ fn main() {
         .header(header.display().to_string())
         .clang_arg(format!("-I{}", prefix.join("include").display()))
         .allowlist_function("_?mlx_.*")
+        // For mlx_print_graph, which writes to a C stream.
+        .allowlist_function("fopen|fclose")
         .allowlist_type("_?mlx_.*")
         .default_enum_style(bindgen::EnumVariation::Rust {
             non_exhaustive: false,

@@ -78,6 +78,58 @@ pub fn with_compiled<R>(
     Ok(out)
 }
 
+/// A compiled closure that may borrow from its surroundings for `'a` (a
+/// model): it owns the closure, and MLX's trace cache entry goes with it
+/// when dropped. It is traced again whenever the inputs' shapes change.
+///
+/// ```
+/// use mlx_metal::{compile_borrowing, Array};
+///
+/// let k = Array::from_vec(&[10.0f32])?;
+/// let f = compile_borrowing(Box::new(|x: &[Array]| Ok(vec![x[0].multiply(&k)?])), false)?;
+/// let y = f.call(&[Array::from_vec(&[1.0f32, 2.0])?])?;
+/// assert_eq!(y[0].to_vec::<f32>()?, vec![10.0, 20.0]);
+/// # Ok::<(), mlx_metal::Error>(())
+/// ```
+pub struct CompiledBorrowing<'a> {
+    // Dropped in this order: the compiled function, the closure MLX traces,
+    // the guard (after which MLX can no longer reach `f`), then `f`.
+    compiled: Compiled,
+    _traced: Closure,
+    _guard: Scoped,
+    _f: Box<ArrayFn<'a>>,
+}
+
+/// Compiles `f`, which may borrow for `'a`; see [`CompiledBorrowing`].
+pub fn compile_borrowing<'a>(
+    f: Box<ArrayFn<'a>>,
+    shapeless: bool,
+) -> Result<CompiledBorrowing<'a>> {
+    // `Scoped` points at the boxed closure, whose address stays put while
+    // the box moves into the returned value.
+    let (guard, scoped) = Scoped::new(f.as_ref());
+    let traced = Closure::new(scoped.clone(), true);
+    let mut compiled = Closure::empty();
+    // SAFETY: `traced.raw` is valid; `compiled.raw` is owned by `compiled`.
+    call(|| unsafe { sys::mlx_compile(&mut compiled.raw, traced.raw, shapeless) })?;
+    Ok(CompiledBorrowing {
+        compiled: Compiled {
+            compiled,
+            body: scoped,
+        },
+        _traced: traced,
+        _guard: guard,
+        _f: f,
+    })
+}
+
+impl CompiledBorrowing<'_> {
+    /// Runs the compiled function (inside another trace: the closure itself).
+    pub fn call(&self, inputs: &[Array]) -> Result<Vec<Array>> {
+        self.compiled.call(inputs)
+    }
+}
+
 impl Compiled {
     /// Runs the compiled function (or, inside another trace, the closure itself).
     pub fn call(&self, inputs: &[Array]) -> Result<Vec<Array>> {

@@ -81,13 +81,19 @@ PY
 if [[ " $parts " == *" decode "* ]]; then
   need_qwen
   prompt=$(python3 -c 'print("The quick brown fox jumps over the lazy dog. " * 20)')
-  echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
+  # Both decode paths (MLX_INFER_DECODE; compiled is the GPU's default),
+  # each warmed up (the compiled step's fused kernels are built on first use).
+  for mode in eager compiled; do
+    echo "$prompt" | MLX_INFER_DECODE=$mode "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
+  done
   for r in 1 2 3; do
     echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 128 5 model | sed 's/^/decode mlx_lm /'
-    echo "$prompt" | MLX_INFER_STEP_PROFILE=$out/decode-prof.txt "$mi" bench --model $qwen \
-      --max-tokens 128 --runs 5 2> /dev/null | sed 's/^/decode mlx-infer /'
+    for mode in eager compiled; do
+      echo "$prompt" | MLX_INFER_DECODE=$mode MLX_INFER_STEP_PROFILE=$out/decode-$mode-prof.txt \
+        "$mi" bench --model $qwen --max-tokens 128 --runs 5 2> /dev/null | sed "s/^/decode mlx-infer $mode /"
+    done
   done
-  summarise $out/decode-prof.txt
+  summarise $out/decode-eager-prof.txt $out/decode-compiled-prof.txt
 fi
 
 if [[ " $parts " == *" serve "* ]]; then

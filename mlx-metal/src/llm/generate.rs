@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use inference::{GenerateOptions, StopReason, Token};
 
+use crate::llm::compiled_decode::{CompiledDecode, DecodeMode};
 use crate::llm::models::Architecture;
 use crate::llm::profile;
 use crate::llm::sampler::{Sampler, SamplerSettings};
@@ -36,6 +37,10 @@ struct Stepper<'a> {
     caches: Vec<KvCache>,
     sampler: Sampler,
     history: Option<Array>,
+    mode: DecodeMode,
+    /// Takes over `caches` at the first single-token step in
+    /// [`DecodeMode::Compiled`].
+    compiled: Option<CompiledDecode<'a>>,
 }
 
 impl Stepper<'_> {
@@ -49,17 +54,38 @@ impl Stepper<'_> {
         Ok(())
     }
 
+    /// Whether a step reading `n` tokens goes through the compiled graph:
+    /// single tokens after a prompt, on a model not spread over a group.
+    fn compiles(&self, n: i32) -> bool {
+        n == 1
+            && self.mode == DecodeMode::Compiled
+            && !self.model.spread()
+            && (self.compiled.is_some()
+                || self.caches.first().and_then(KvCache::offset).unwrap_or(0) > 0)
+    }
+
     /// The sampled token and a finiteness witness for its logits.
     fn step(&mut self, input: &Array) -> Result<Sampled> {
         let n = input.dim(0)?;
-        let mut h = self
-            .model
-            .hidden(&input.reshape(&[1, n])?, &mut self.caches)?;
-        if n > 1 {
-            // The end of a prompt: the output layer only at its last position.
-            h = h.slice_axis(1, n - 1, n)?;
-        }
-        let last = self.model.logits(&h)?.squeeze(&[1])?;
+        let last = if self.compiles(n) {
+            let decode = match &mut self.compiled {
+                Some(d) => d,
+                None => self.compiled.insert(CompiledDecode::new(
+                    self.model,
+                    std::mem::take(&mut self.caches),
+                )?),
+            };
+            decode.step(input)?
+        } else {
+            let mut h = self
+                .model
+                .hidden(&input.reshape(&[1, n])?, &mut self.caches)?;
+            if n > 1 {
+                // The end of a prompt: the output layer only at its last position.
+                h = h.slice_axis(1, n - 1, n)?;
+            }
+            self.model.logits(&h)?.squeeze(&[1])?
+        };
         self.remember(input)?;
         let check = finite_witness(&last, &[])?;
         Ok(Sampled {
@@ -185,6 +211,8 @@ impl<'a> Generation<'a> {
             caches: model.make_caches(),
             sampler: Sampler::new(&sampler_settings(opts))?,
             history: None,
+            mode: DecodeMode::from_env()?,
+            compiled: None,
         };
         let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
         let mut done = 0usize;
@@ -280,6 +308,23 @@ impl<'a> Generation<'a> {
         let mut t = Instant::now();
         let step = self.stepper.step(token)?;
         let build = profile::lap(&mut t);
+        if self.timing.generated == 2 && profile::enabled() {
+            // What one steady step is made of (listing it takes time, so
+            // once, and outside the timed parts).
+            let ops = crate::graph::count_operations(&[&step.token])?;
+            let total: usize = ops.values().sum();
+            let fused = ops
+                .iter()
+                .filter(|(k, _)| k.starts_with("Compiled"))
+                .map(|(_, n)| n)
+                .sum::<usize>();
+            let mode = match self.stepper.compiled {
+                Some(_) => "compiled",
+                None => "eager",
+            };
+            profile::record(|| format!("decode-graph-{mode} ops={total} fused={fused}"));
+            t = Instant::now();
+        }
         step.start()?;
         let launch = profile::lap(&mut t);
         self.next = Some(step);

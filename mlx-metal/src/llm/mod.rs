@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod chat_template;
+pub mod compiled_decode;
 pub mod config;
 pub mod dtype;
 pub mod engine;

@@ -7,7 +7,10 @@
 //!
 //! Lines are plain `key=value` pairs after a kind word, e.g.
 //! `decode build_us=812 launch_us=1630 pid=4242` when a decode step starts
-//! and `decode wait_us=240 pid=4242` when its token is read.
+//! and `decode wait_us=240 pid=4242` when its token is read; once per
+//! generation, `decode-graph-eager ops=311 fused=0` (or `-compiled`): the
+//! operations of one steady decode step, and how many of them are fused
+//! kernels of a compiled step.
 
 use std::fs::File;
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! Key/value caches, as mlx_lm keeps them: a standard cache grown in steps
 //! of 256 positions, a rotating cache for sliding-window layers, and a
-//! batch cache holding many left-padded rows, each at its own position.
+//! batch cache holding many left-padded rows, each at its own position;
+//! and a fixed cache whose position is an array, which a compiled decode
+//! step reads and writes without changing shape from token to token.
 
 use crate::fast::AttentionMask;
 use crate::nn::Positions;
@@ -54,6 +56,9 @@ pub enum KvCache {
     Rotating(RotatingCache),
     /// Many rows, left-padded, each at its own position.
     Batch(BatchCache),
+    /// Fixed size, written at a position held in an array (one token a
+    /// step): see [`FixedCache`].
+    Fixed(FixedCache),
 }
 
 impl KvCache {
@@ -70,20 +75,24 @@ impl KvCache {
         })
     }
 
-    /// Positions processed so far (for a batch cache: the columns written).
-    pub fn offset(&self) -> i32 {
+    /// Positions processed so far (for a batch cache: the columns
+    /// written); `None` for a fixed cache, whose position is an array.
+    pub fn offset(&self) -> Option<i32> {
         match self {
-            KvCache::Standard(c) => c.offset,
-            KvCache::Rotating(c) => c.offset,
-            KvCache::Batch(c) => c.start + c.idx,
+            KvCache::Standard(c) => Some(c.offset),
+            KvCache::Rotating(c) => Some(c.offset),
+            KvCache::Batch(c) => Some(c.start + c.idx),
+            KvCache::Fixed(_) => None,
         }
     }
 
     /// Where this step's new tokens start, for RoPE.
     pub fn positions(&self) -> Result<Positions> {
         match self {
+            KvCache::Standard(c) => Ok(Positions::Same(c.offset)),
+            KvCache::Rotating(c) => Ok(Positions::Same(c.offset)),
             KvCache::Batch(c) => c.positions(),
-            other => Ok(Positions::Same(other.offset())),
+            KvCache::Fixed(c) => c.positions(),
         }
     }
 
@@ -94,6 +103,7 @@ impl KvCache {
             KvCache::Standard(c) => c.update_and_fetch(keys, values),
             KvCache::Rotating(c) => c.update_and_fetch(keys, values),
             KvCache::Batch(c) => c.update_and_fetch(keys, values),
+            KvCache::Fixed(c) => c.update_and_fetch(keys, values),
         }
     }
 
@@ -107,6 +117,7 @@ impl KvCache {
             },
             KvCache::Rotating(c) => c.make_mask(n, window),
             KvCache::Batch(c) => c.make_mask(n, window),
+            KvCache::Fixed(c) => c.make_mask(n),
         }
     }
 
@@ -116,8 +127,150 @@ impl KvCache {
             KvCache::Standard(c) => &c.kv,
             KvCache::Rotating(c) => &c.kv,
             KvCache::Batch(c) => &c.kv,
+            KvCache::Fixed(c) => return vec![&c.kv.0, &c.kv.1],
         };
         kv.iter().flat_map(|(k, v)| [k, v]).collect()
+    }
+
+    /// A fixed cache over `keys`/`values` (`[1, heads, len, dim]`, as
+    /// [`into_fixed`](Self::into_fixed) lays them out) whose next token
+    /// goes to position `offset` (an int32 scalar array); `window` for
+    /// sliding-window layers.
+    pub fn fixed(keys: Array, values: Array, offset: Array, window: Option<i32>) -> KvCache {
+        KvCache::Fixed(FixedCache {
+            kv: (keys, values),
+            offset,
+            window,
+        })
+    }
+
+    /// This single-sequence cache's keys and values laid out as a fixed
+    /// cache of `capacity` positions: a full-attention layer's first
+    /// `offset` positions followed by empty ones up to `capacity`; a
+    /// sliding-window layer's last positions in `min(window, capacity)`
+    /// slots, position `p` at slot `p % slots`. `capacity` must exceed the
+    /// positions processed. Batch and fixed caches are refused.
+    pub fn into_fixed(self, capacity: i32) -> Result<Kv> {
+        let (kv, offset, window) = match self {
+            KvCache::Standard(c) => {
+                let kv = match c.kv {
+                    Some(kv) => Some(positions(&kv, 0, c.offset)?),
+                    None => None,
+                };
+                (kv, c.offset, None)
+            }
+            KvCache::Rotating(c) => {
+                let kv = match c.kv.clone() {
+                    Some(kv) => {
+                        let kv = c.temporal_order(kv)?;
+                        let len = kv.0.dim(2)?;
+                        Some(positions(&kv, (len - c.max_size).max(0), len)?)
+                    }
+                    None => None,
+                };
+                (kv, c.offset, Some(c.max_size))
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "only a single-sequence cache becomes a fixed cache".into(),
+                ))
+            }
+        };
+        if capacity <= offset {
+            return Err(Error::InvalidArgument(format!(
+                "a fixed cache of {capacity} positions cannot hold {} already processed",
+                offset
+            )));
+        }
+        let slots = window.map_or(capacity, |w| w.min(capacity));
+        let Some(kv) = kv else {
+            return Err(Error::InvalidArgument(
+                "an empty cache has no shape to lay out (run the prompt first)".into(),
+            ));
+        };
+        let held = kv.0.dim(2)?;
+        let kv = if held == slots {
+            // A full window: position p goes to slot p % slots.
+            let shift = offset % slots;
+            if shift == 0 {
+                kv
+            } else {
+                join(
+                    &positions(&kv, slots - shift, slots)?,
+                    &positions(&kv, 0, slots - shift)?,
+                )?
+            }
+        } else {
+            // Positions 0..held at their own slots.
+            grow(Some(kv.clone()), &kv.0, &kv.1, slots - held)?
+        };
+        Ok(kv)
+    }
+
+    /// A fixed cache's keys and values.
+    pub fn into_kv(self) -> Result<Kv> {
+        match self {
+            KvCache::Fixed(c) => Ok(c.kv),
+            _ => Err(Error::InvalidArgument("not a fixed cache".into())),
+        }
+    }
+}
+
+/// A cache of fixed size whose write position is an int32 scalar array
+/// (the tokens before this step): what a compiled decode step reads and
+/// writes, so its shapes stay the same from one token to the next and the
+/// step is traced once. Full-attention layers keep `capacity` positions,
+/// position `p` at slot `p`; sliding-window layers keep `min(window,
+/// capacity)` slots, position `p` at slot `p % slots` (the order of keys
+/// does not matter to attention: RoPE is applied before they are stored).
+/// Attention reads every slot through a mask that hides the ones not
+/// written yet. One token a step.
+#[derive(Debug)]
+pub struct FixedCache {
+    kv: Kv,
+    offset: Array,
+    window: Option<i32>,
+}
+
+impl FixedCache {
+    fn slots(&self) -> Result<i32> {
+        self.kv.0.dim(2)
+    }
+
+    fn positions(&self) -> Result<Positions> {
+        Ok(Positions::PerRow(self.offset.reshape(&[1])?))
+    }
+
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<Kv> {
+        if keys.dim(2)? != 1 {
+            return Err(Error::InvalidArgument(
+                "a fixed cache takes one token a step".into(),
+            ));
+        }
+        let slot = match self.window {
+            Some(_) => self.offset.remainder(&Array::scalar(self.slots()?))?,
+            None => self.offset.clone(),
+        }
+        .reshape(&[1])?;
+        let (k, v) = &self.kv;
+        self.kv = (
+            k.slice_update_dynamic(keys, &slot, &[2])?,
+            v.slice_update_dynamic(values, &slot, &[2])?,
+        );
+        Ok(self.kv.clone())
+    }
+
+    /// `[1, slots]`: the slots written so far, this step's included (a
+    /// window's slots hold only its positions once it is full).
+    fn make_mask(&self, n: i32) -> Result<Mask> {
+        if n != 1 {
+            return Err(Error::InvalidArgument(
+                "a fixed cache takes one token a step".into(),
+            ));
+        }
+        let slots = self.slots()?;
+        let cols = Array::arange(0.0, slots as f64, 1.0, Dtype::Int32)?.reshape(&[1, slots])?;
+        Ok(Mask::Array(cols.less_equal(&self.offset)?))
     }
 }
 
@@ -249,6 +402,7 @@ impl KvCache {
             KvCache::Standard(_) => None,
             KvCache::Rotating(c) => Some(c.max_size),
             KvCache::Batch(c) => c.window,
+            KvCache::Fixed(c) => c.window,
         }
     }
 }
@@ -445,7 +599,7 @@ impl BatchCache {
 }
 
 /// Keys and values, `[B, heads, positions, dim]` each.
-type Kv = (Array, Array);
+pub type Kv = (Array, Array);
 
 /// `buffer[..., at:at + n, :] = update`.
 fn write(buffer: &Array, update: &Array, at: i32) -> Result<Array> {
@@ -711,7 +865,7 @@ mod tests {
         assert_eq!(update(&mut c, 6, 1), [4., 5., 6., 3.]);
         assert_eq!(update(&mut c, 7, 1), [4., 5., 6., 7.]);
         assert_eq!(update(&mut c, 8, 1), [8., 5., 6., 7.]);
-        assert_eq!(c.offset(), 9);
+        assert_eq!(c.offset(), Some(9));
     }
 
     #[test]
@@ -722,7 +876,7 @@ mod tests {
         // the new ones, so every new query sees a full window.
         assert_eq!(update(&mut c, 3, 3), [0., 1., 2., 3., 4., 5.]);
         assert_eq!(update(&mut c, 6, 2), [3., 4., 5., 6., 7.]);
-        assert_eq!(c.offset(), 8);
+        assert_eq!(c.offset(), Some(8));
         // Back to single steps: trimmed to the window, then ring order.
         assert_eq!(update(&mut c, 8, 1), [8., 5., 6., 7.]);
         assert_eq!(update(&mut c, 9, 1), [8., 9., 6., 7.]);
@@ -757,7 +911,7 @@ mod tests {
         let seen = update(&mut c, 3, 300);
         assert_eq!(seen.len(), 303);
         assert_eq!(seen[302], 302.0);
-        assert_eq!(c.offset(), 303);
+        assert_eq!(c.offset(), Some(303));
         assert!(matches!(c.make_mask(1, None).unwrap(), Mask::None));
         assert!(matches!(c.make_mask(2, None).unwrap(), Mask::Causal));
     }

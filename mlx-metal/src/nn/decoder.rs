@@ -335,6 +335,10 @@ impl crate::llm::models::Architecture for Decoder {
         matches!(self.parallel, Some(crate::nn::Parallel::Pipeline { .. }))
     }
 
+    fn spread(&self) -> bool {
+        self.parallel.is_some()
+    }
+
     fn parallelize(&mut self, group: Group, kind: ParallelKind) -> Result<()> {
         if self.parallel.is_some() {
             return Err(crate::Error::InvalidArgument(

@@ -94,6 +94,30 @@ impl Array {
         })
     }
 
+    /// A copy of `self` with `update` written from `start` (an int32 array,
+    /// one entry per axis of `axes`) along `axes`: the position can be an
+    /// array computed in the graph, so a compiled function writes at a new
+    /// place on each call without being traced again.
+    pub fn slice_update_dynamic(
+        &self,
+        update: &Array,
+        start: &Array,
+        axes: &[i32],
+    ) -> Result<Array> {
+        // SAFETY: `axes` is valid for its length; handles are valid.
+        Array::build(|res, s| unsafe {
+            sys::mlx_slice_update_dynamic(
+                res,
+                self.raw(),
+                update.raw(),
+                start.raw(),
+                axes.as_ptr(),
+                axes.len(),
+                s,
+            )
+        })
+    }
+
     /// Joins arrays along `axis`.
     pub fn concatenate(arrays: &[&Array], axis: i32) -> Result<Array> {
         let v = VectorArray::from_arrays(arrays.iter().copied());

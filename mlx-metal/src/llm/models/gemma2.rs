@@ -130,6 +130,10 @@ impl Architecture for Gemma2 {
         )
     }
 
+    fn spread(&self) -> bool {
+        self.blocks.parallel.is_some()
+    }
+
     fn parallelize(
         &mut self,
         group: crate::distributed::Group,

@@ -365,6 +365,10 @@ impl Architecture for Gemma3Text {
         )
     }
 
+    fn spread(&self) -> bool {
+        self.blocks.parallel.is_some()
+    }
+
     fn parallelize(&mut self, group: Group, kind: ParallelKind) -> Result<()> {
         self.blocks.parallelize(group, kind)
     }

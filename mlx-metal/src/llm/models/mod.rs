@@ -55,6 +55,12 @@ pub trait Architecture: Send {
         false
     }
 
+    /// Whether the blocks are spread over the ranks of a group (tensor or
+    /// pipeline parallelism).
+    fn spread(&self) -> bool {
+        false
+    }
+
     /// Fresh caches, one per layer.
     fn make_caches(&self) -> Vec<KvCache>;
 

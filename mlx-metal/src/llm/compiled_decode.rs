@@ -1,0 +1,171 @@
+//! The single-sequence decode step as one compiled MLX graph.
+//!
+//! After the prompt, the caches are laid out as fixed caches
+//! ([`KvCache::into_fixed`]) of a capacity rounded up to [`GROW`]
+//! positions, and one step (embedding, every block, the output layer) is
+//! compiled with the token, the position and the caches' buffers as its
+//! inputs. The position is an array, so the shapes stay the same from one
+//! token to the next: MLX traces the step once, fuses its element-wise
+//! ops, and replays the graph for every later token. When the capacity is
+//! reached it grows by [`GROW`] positions and the step is traced once
+//! more for the new shapes.
+//!
+//! `MLX_INFER_DECODE=compiled` or `eager` picks the path; without it the
+//! compiled step is used on a GPU and the per-step graph on the CPU (where
+//! MLX builds each fused kernel with the system's C++ compiler the first
+//! time it is seen, seconds that a short generation never wins back).
+
+use crate::llm::models::Architecture;
+use crate::nn::cache::KvCache;
+use crate::{compile_borrowing, Array, CompiledBorrowing, Error, Result};
+
+/// Positions the fixed caches grow by (each growth traces the step again).
+pub const GROW: i32 = 256;
+
+/// How single-token decode steps are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeMode {
+    /// A new graph built through the model for every token.
+    Eager,
+    /// One compiled graph replayed for every token.
+    Compiled,
+}
+
+impl DecodeMode {
+    /// `MLX_INFER_DECODE` (`compiled` or `eager`), else compiled on a GPU
+    /// and eager on the CPU. An unknown value is an error naming it.
+    pub fn from_env() -> Result<DecodeMode> {
+        match std::env::var("MLX_INFER_DECODE") {
+            Ok(v) => match v.as_str() {
+                "compiled" => Ok(DecodeMode::Compiled),
+                "eager" => Ok(DecodeMode::Eager),
+                other => Err(Error::InvalidArgument(format!(
+                    "MLX_INFER_DECODE={other:?}: expected `compiled` or `eager`"
+                ))),
+            },
+            Err(_) => Ok(if on_gpu() {
+                DecodeMode::Compiled
+            } else {
+                DecodeMode::Eager
+            }),
+        }
+    }
+}
+
+fn on_gpu() -> bool {
+    matches!(
+        crate::Device::default_device().and_then(|d| d.kind()),
+        Ok(crate::DeviceType::Gpu)
+    )
+}
+
+/// A sequence's decode steps through one compiled graph.
+pub struct CompiledDecode<'a> {
+    step: CompiledBorrowing<'a>,
+    /// Keys then values of every layer, in layer order.
+    buffers: Vec<Array>,
+    windows: Vec<Option<i32>>,
+    /// Tokens processed (the next one goes to this position).
+    offset: i32,
+    /// Positions the full-attention buffers hold.
+    capacity: i32,
+}
+
+impl<'a> CompiledDecode<'a> {
+    /// Takes over `caches` (single-sequence caches that have read the
+    /// prompt) for decoding with `model`, which must not be spread over a
+    /// group.
+    pub fn new(model: &'a dyn Architecture, caches: Vec<KvCache>) -> Result<CompiledDecode<'a>> {
+        let offset = caches
+            .first()
+            .and_then(KvCache::offset)
+            .ok_or_else(|| Error::InvalidArgument("no single-sequence cache to decode".into()))?;
+        let capacity = round_up(offset + 1, GROW);
+        let windows: Vec<Option<i32>> = caches.iter().map(KvCache::window).collect();
+        let mut buffers = Vec::with_capacity(2 * caches.len());
+        for cache in caches {
+            let (k, v) = cache.into_fixed(capacity)?;
+            buffers.push(k);
+            buffers.push(v);
+        }
+        let traced_windows = windows.clone();
+        // Inputs: the token `[1, 1]`, the position (int32 scalar), then the
+        // buffers; outputs: the logits `[1, vocab]`, then the new buffers.
+        let step = move |x: &[Array]| -> Result<Vec<Array>> {
+            let (token, offset) = (&x[0], &x[1]);
+            let mut caches: Vec<KvCache> = x[2..]
+                .chunks(2)
+                .zip(&traced_windows)
+                .map(|(kv, w)| KvCache::fixed(kv[0].clone(), kv[1].clone(), offset.clone(), *w))
+                .collect();
+            let h = model.hidden(token, &mut caches)?;
+            let mut out = vec![model.logits(&h)?.squeeze(&[1])?];
+            for cache in caches {
+                let (k, v) = cache.into_kv()?;
+                out.push(k);
+                out.push(v);
+            }
+            Ok(out)
+        };
+        Ok(CompiledDecode {
+            step: compile_borrowing(Box::new(step), false)?,
+            buffers,
+            windows,
+            offset,
+            capacity,
+        })
+    }
+
+    /// Builds the step that reads `token` (one id, any integer dtype) and
+    /// returns its logits `[1, vocab]` (lazy).
+    pub fn step(&mut self, token: &Array) -> Result<Array> {
+        if self.offset >= self.capacity {
+            self.grow()?;
+        }
+        let mut inputs = Vec::with_capacity(2 + self.buffers.len());
+        inputs.push(token.reshape(&[1, 1])?);
+        inputs.push(Array::scalar(self.offset));
+        inputs.append(&mut self.buffers);
+        let mut out = self.step.call(&inputs)?;
+        drop(inputs);
+        if out.len() != 1 + self.windows.len() * 2 {
+            return Err(Error::Closure(format!(
+                "the compiled decode step gave {} outputs for {} layers",
+                out.len(),
+                self.windows.len()
+            )));
+        }
+        self.buffers = out.split_off(1);
+        self.offset += 1;
+        Ok(out.pop().expect("checked above"))
+    }
+
+    /// Tokens processed so far.
+    pub fn offset(&self) -> i32 {
+        self.offset
+    }
+
+    /// Adds [`GROW`] positions to the full-attention buffers (and to
+    /// window buffers still shorter than their window).
+    fn grow(&mut self) -> Result<()> {
+        let capacity = self.capacity + GROW;
+        for (layer, window) in self.windows.iter().enumerate() {
+            let slots = window.map_or(capacity, |w| w.min(capacity));
+            for buffer in &mut self.buffers[2 * layer..2 * layer + 2] {
+                let shape = buffer.shape();
+                let more = slots - shape[2];
+                if more > 0 {
+                    let empty =
+                        Array::zeros(&[shape[0], shape[1], more, shape[3]], buffer.dtype())?;
+                    *buffer = Array::concatenate(&[buffer, &empty], 2)?;
+                }
+            }
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+}
+
+fn round_up(n: i32, step: i32) -> i32 {
+    (n + step - 1) / step * step
+}
