@@ -12,7 +12,14 @@ fn generate(model: &std::path::Path, prompt: &str, mode: &str) -> (i32, Vec<Valu
     cmd.env("MLXLM_PYTHON", fixtures().join("python"))
         .env("MLX_INFER_DECODE", mode)
         .env_remove("LD_LIBRARY_PATH")
-        .args(["generate", "--backend", "mlx", "--json", "--max-tokens", "40"])
+        .args([
+            "generate",
+            "--backend",
+            "mlx",
+            "--json",
+            "--max-tokens",
+            "40",
+        ])
         .arg("--model")
         .arg(model)
         .args(["--prompt", prompt]);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use test_support::ScratchDir;
 
 fn cli(home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlx-infer"));
@@ -24,12 +25,9 @@ fn default_model() -> PathBuf {
     inference::discover::default_model().expect("run `cargo xtask default-model` first")
 }
 
-/// A fresh, empty home folder.
-fn home(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-infer-home-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty home folder, removed when it drops.
+fn home(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("home-{name}"))
 }
 
 /// The cache root holding the default model.

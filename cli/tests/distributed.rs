@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use test_support::fixtures;
+use test_support::{fixtures, ScratchFile};
 
 mod serve_support;
 use serve_support::{answer_text, cli_text, request, send, within, Server};
@@ -302,10 +302,8 @@ fn indexed_lines(args: &[&str], stdin: &str) -> Vec<Value> {
 fn batch_and_classify_over_ranks_match_one_process() {
     let _turn = one_launch();
     let inputs = "Once upon a time\nHello there\nThe capital of France is\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n";
-    let file =
-        std::env::temp_dir().join(format!("mlx-infer-dist-inputs-{}.txt", std::process::id()));
-    std::fs::write(&file, inputs).unwrap();
-    let file = file.to_str().unwrap().to_string();
+    let inputs_file = ScratchFile::with_contents("dist-inputs.txt", inputs);
+    let file = inputs_file.to_str().unwrap().to_string();
     let cases = [
         ("qwen3", "tensor", "2"),
         ("qwen3", "pipeline", "2"),
@@ -362,7 +360,6 @@ fn batch_and_classify_over_ranks_match_one_process() {
             );
         }
     }
-    let _ = std::fs::remove_file(&file);
 }
 
 /// `launch --backend nccl` sets NCCL's environment for each rank; a build

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use test_support::ScratchDir;
 
 fn fixtures() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
@@ -26,17 +27,10 @@ fn cli() -> Command {
 }
 
 /// A copy of fixture `name` with every floating-point tensor in bfloat16,
-/// written by mlx itself (the fixtures' Python).
-fn bf16_copy(name: &str) -> PathBuf {
+/// written by mlx itself (the fixtures' Python); removed when it drops.
+fn bf16_copy(name: &str) -> ScratchDir {
     let from = fixtures().join(name);
-    let dir =
-        std::env::temp_dir().join(format!("mlx-infer-cli-{}-{name}-bf16", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(&from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
+    let dir = ScratchDir::copy_of(&from, &format!("cli-{name}-bf16"));
     let script = "import sys, mlx.core as mx\n\
                   w, meta = mx.load(sys.argv[1], return_metadata=True)\n\
                   w = {k: v.astype(mx.bfloat16) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in w.items()}\n\

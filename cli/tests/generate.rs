@@ -174,7 +174,7 @@ fn plain_output_streams_text_and_a_summary_line() {
 
 #[test]
 fn the_hugging_face_cache_supplies_a_default_model() {
-    let home = std::env::temp_dir().join(format!("mlx-infer-hf-{}", std::process::id()));
+    let home = test_support::ScratchDir::new("hf-home");
     let snap = home.join("hub/models--test--tiny/snapshots/0123");
     std::fs::create_dir_all(&snap).unwrap();
     for entry in std::fs::read_dir(fixtures().join("llama")).unwrap() {
@@ -184,7 +184,7 @@ fn the_hugging_face_cache_supplies_a_default_model() {
     let (code, lines, stderr) = run_json(
         cli()
             .args(["generate", "--json", "--max-tokens", "3", "--prompt", "hi"])
-            .env("HF_HOME", &home)
+            .env("HF_HOME", home.path())
             .env_remove("HF_HUB_CACHE"),
         None,
     );

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use test_support::{fixtures, python};
+use test_support::{fixtures, python, ScratchDir};
 
 fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlx-infer"));
@@ -17,11 +17,8 @@ fn cli() -> Command {
     cmd
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-infer-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("train-{name}"))
 }
 
 /// A prompt/completion data folder teaching "N plus N" sums.
@@ -216,7 +213,6 @@ fn an_adapter_trained_here_gives_mlx_lm_the_same_greedy_ids() {
             our_greedy(&model, None),
             "{fixture}: the adapter changes the output"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -254,7 +250,6 @@ fn an_adapter_trained_by_mlx_lm_gives_the_same_greedy_ids_here() {
             our_greedy(&model, None),
             "{fixture}: the adapter changes the output"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -314,7 +309,6 @@ fn adapters_for_another_model_or_rank_are_refused_naming_the_file() {
         stderr.contains("nowhere") && stderr.contains("does not exist"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -377,7 +371,6 @@ fn bad_training_input_gets_clear_errors() {
     assert_ne!(code, 0);
     assert!(stderr.contains("is not a folder"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Whether every tensor of a safetensors file is finite (read by mlx).
@@ -421,7 +414,6 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_adapter() 
     let weights = adapter.join("adapters.safetensors");
     assert!(weights.is_file());
     assert!(all_finite(&weights), "the saved adapter is finite");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -477,7 +469,6 @@ fn ctrl_c_saves_the_adapter_and_exits_130() {
     assert!(stderr.contains("interrupted after"), "{stderr}");
     assert!(rest.iter().any(|l| l.contains("\"save\"")), "{rest:?}");
     assert!(adapter.join("adapters.safetensors").is_file());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Max |a - b| over the tensors two model directories share (float ones,
@@ -590,7 +581,6 @@ fn fuse_matches_mlx_lm_fuse() {
         let (code, _, stderr) = output(&mut cmd);
         assert_ne!(code, 0);
         assert!(stderr.contains("not empty"), "{stderr}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -655,5 +645,4 @@ fn training_resumes_from_saved_weights_and_reports_the_test_loss() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(!same_tensors(&saved, &third.join("adapters.safetensors")));
-    let _ = std::fs::remove_dir_all(&dir);
 }

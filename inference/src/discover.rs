@@ -308,8 +308,7 @@ mod tests {
 
     #[test]
     fn finds_snapshots_of_text_models_only() {
-        let root = std::env::temp_dir().join(format!("inference-discover-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = test_support::ScratchDir::new("inference-discover");
         write_model(&root.join("models--org--b/snapshots/abc"), "qwen3");
         write_model(&root.join("models--org--a/snapshots/def"), "llama");
         std::fs::create_dir_all(root.join("models--org--c/snapshots/x")).unwrap(); // no files
@@ -323,6 +322,5 @@ mod tests {
             ]
         );
         assert!(!is_text_model(&root.join("models--org--c/snapshots/x")));
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

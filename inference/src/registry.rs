@@ -202,38 +202,12 @@ mod tests {
         }
     }
 
-    fn model_dir() -> tempdir::Dir {
-        tempdir::Dir::with_config()
-    }
-
-    mod tempdir {
-        use std::path::{Path, PathBuf};
-
-        pub struct Dir(PathBuf);
-
-        impl Dir {
-            pub fn with_config() -> Dir {
-                use std::sync::atomic::{AtomicUsize, Ordering};
-                static N: AtomicUsize = AtomicUsize::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "inference-registry-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::SeqCst)
-                ));
-                std::fs::create_dir_all(&p).unwrap();
-                std::fs::write(p.join("config.json"), "{}").unwrap();
-                Dir(p)
-            }
-            pub fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
+    /// A scratch model folder holding an empty `config.json`, removed when
+    /// it drops.
+    fn model_dir() -> test_support::ScratchDir {
+        let dir = test_support::ScratchDir::new("inference-registry");
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        dir
     }
 
     fn chosen(list: &[&dyn Backend], dir: &Path, opts: &LoadOptions) -> Result<String> {

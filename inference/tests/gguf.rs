@@ -275,8 +275,7 @@ fn malformed_tensor_tables_are_refused() {
 
 #[test]
 fn is_gguf_and_missing_model_wording() {
-    let dir = std::env::temp_dir().join(format!("inference-gguf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_support::ScratchDir::new("inference-gguf");
     let good = dir.join("m.gguf");
     std::fs::write(&good, valid().bytes()).unwrap();
     let bad = dir.join("other.bin");
@@ -294,7 +293,6 @@ fn is_gguf_and_missing_model_wording() {
         inference::gguf::missing_model(Path::new("x")),
         "no such model directory"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 proptest! {
@@ -325,7 +323,7 @@ proptest! {
 fn write_then_read_round_trips() {
     use inference::gguf::{write, TensorData, TensorType};
     use std::collections::BTreeMap;
-    let path = std::env::temp_dir().join(format!("inference-write-{}.gguf", std::process::id()));
+    let path = test_support::ScratchFile::new("inference-write.gguf");
     let metadata = BTreeMap::from([
         (
             "general.architecture".to_string(),
@@ -376,5 +374,4 @@ fn write_then_read_round_trips() {
         e.contains("tensor `b`: 3 bytes do not hold shape [5] of F32"),
         "{e}"
     );
-    std::fs::remove_file(&path).unwrap();
 }

@@ -24,13 +24,14 @@ fn model_file() -> PathBuf {
     })
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-metal-gguf-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A scratch folder (removed when it drops) and a path in it not yet made.
+fn scratch(name: &str) -> (ScratchDir, PathBuf) {
+    let scratch = ScratchDir::new(&format!("gguf-{name}"));
+    let dir = scratch.join(name);
+    (scratch, dir)
 }
 
-use test_support::python;
+use test_support::{python, ScratchDir, ScratchFile};
 
 const QUESTION: &str = "What is the capital of France?";
 
@@ -194,7 +195,7 @@ const PROBES: &[&str] = &[
 #[test]
 fn greedy_ids_and_tokens_equal_mlx_lm_on_the_converted_directory() {
     let file = model_file();
-    let dir = scratch("converted");
+    let (_scratch, dir) = scratch("converted");
     gguf::convert(&file, &dir).unwrap();
     let reference = mlx_lm_answers(&dir, PROBES, 32);
     let ids = |v: &serde_json::Value| -> Vec<u32> {
@@ -231,13 +232,12 @@ fn greedy_ids_and_tokens_equal_mlx_lm_on_the_converted_directory() {
         );
         assert_eq!(model.tokenizer().decode(&from_gguf).unwrap(), *probe);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn convert_never_overwrites() {
     let file = model_file();
-    let dir = scratch("occupied");
+    let (_scratch, dir) = scratch("occupied");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("notes.txt"), "mine").unwrap();
     let e = gguf::convert(&file, &dir).unwrap_err().to_string();
@@ -247,22 +247,19 @@ fn convert_never_overwrites() {
         "mine"
     );
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-    let e = gguf::convert(&dir.join("none.gguf"), &scratch("never"))
+    let (_never, never) = scratch("never");
+    let e = gguf::convert(&dir.join("none.gguf"), &never)
         .unwrap_err()
         .to_string();
     assert!(e.contains("none.gguf"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A copy of the model with `edit` applied to its bytes.
-fn damaged(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+/// A copy of the model with `edit` applied to its bytes, removed when the
+/// returned guard drops.
+fn damaged(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> ScratchFile {
     let mut bytes = std::fs::read(model_file()).unwrap();
     edit(&mut bytes);
-    let dir = scratch(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.gguf");
-    std::fs::write(&path, bytes).unwrap();
-    path
+    ScratchFile::with_contents(&format!("{name}.gguf"), bytes)
 }
 
 /// Where `needle` first occurs in the header.
@@ -331,8 +328,4 @@ fn damaged_files_are_errors_naming_the_file_and_the_fault() {
     });
     let e = load_error(&shape);
     assert!(e.contains("model.layers.0.self_attn.v_proj"), "{e}");
-
-    for p in [truncated, magic, key, arch, kind, shape] {
-        let _ = std::fs::remove_dir_all(p.parent().unwrap());
-    }
 }

@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,12 +15,14 @@ use mlx_metal::distributed::{self, Group};
 use mlx_metal::llm::NativeModel;
 use mlx_metal::nn::ParallelKind;
 use mlx_metal::{Array, Dtype};
+use test_support::{ScratchDir, ScratchFile};
 
 /// Set in the ranks' environment: which role to play.
 const ROLE: &str = "MLX_INFER_TEST_DIST_ROLE";
 
-/// A hostfile for `n` ranks on free loopback ports.
-fn hostfile(tag: &str, n: usize) -> PathBuf {
+/// A hostfile for `n` ranks on free loopback ports, removed when the
+/// returned guard drops.
+fn hostfile(tag: &str, n: usize) -> ScratchFile {
     let ports: Vec<u16> = (0..n)
         .map(|_| {
             TcpListener::bind("127.0.0.1:0")
@@ -35,10 +36,10 @@ fn hostfile(tag: &str, n: usize) -> PathBuf {
         .iter()
         .map(|p| vec![format!("127.0.0.1:{p}")])
         .collect();
-    let path =
-        std::env::temp_dir().join(format!("mlx-infer-dist-{tag}-{}.json", std::process::id()));
-    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).unwrap();
-    path
+    ScratchFile::with_contents(
+        &format!("dist-{tag}.json"),
+        serde_json::to_string(&hosts).unwrap(),
+    )
 }
 
 /// Starts `n` ranks running `test` in role `role`; returns each one's
@@ -65,7 +66,7 @@ fn run_ranks_with(
                 .args([test, "--exact", "--nocapture", "--test-threads=1"])
                 .env(ROLE, role)
                 .env("MLX_RANK", rank.to_string())
-                .env("MLX_HOSTFILE", &hosts)
+                .env("MLX_HOSTFILE", hosts.path())
                 .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -101,7 +102,6 @@ fn run_ranks_with(
             .unwrap();
         out.push((status.code(), String::from_utf8_lossy(&bytes).into_owned()));
     }
-    let _ = std::fs::remove_file(&hosts);
     out
 }
 
@@ -460,7 +460,7 @@ fn parallel_greedy_ids_equal_one_process() {
 /// The Gemma 3 fixture with its one key/value head stored twice in every
 /// layer (`num_key_value_heads` 2): the same function (each pair of query
 /// heads reads an identical copy), now splittable over two ranks.
-fn gemma3_with_two_kv_heads() -> PathBuf {
+fn gemma3_with_two_kv_heads() -> ScratchDir {
     let dir = common::copy_model(&common::fixtures().join("gemma3_text"), "gemma3-kv2");
     let file = dir.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
@@ -514,7 +514,6 @@ fn gemma3_over_two_tensor_parallel_ranks() {
     for (rank, (ids, _, _)) in parallel_run(path, "tensor", 2).iter().enumerate() {
         assert_eq!(ids, &expected, "gemma3 tensor over 2, rank {rank}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Shapes that do not split are refused with the reason, on every rank;

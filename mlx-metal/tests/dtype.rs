@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{copy_model, fixtures};
 use inference::{ComputeDtype, GenerateOptions, TextModel};
@@ -14,9 +14,10 @@ use mlx_metal::llm::weights::Weights;
 use mlx_metal::llm::NativeModel;
 use mlx_metal::nn::Linear;
 use mlx_metal::{load_safetensors, save_safetensors, Array, Dtype};
+use test_support::ScratchDir;
 
 /// A copy of fixture `name` whose floating-point tensors are `edit`ed.
-fn variant(name: &str, tag: &str, edit: impl Fn(&Array) -> Array) -> PathBuf {
+fn variant(name: &str, tag: &str, edit: impl Fn(&Array) -> Array) -> ScratchDir {
     let dir = copy_model(&fixtures().join(name), &format!("dtype-{name}-{tag}"));
     let st = load_safetensors(fixtures().join(name).join("model.safetensors")).unwrap();
     let tensors = st
@@ -37,7 +38,7 @@ fn variant(name: &str, tag: &str, edit: impl Fn(&Array) -> Array) -> PathBuf {
 
 /// The fixture stored in `half`, and the same values stored as float32
 /// (`test` keeps the folders of tests running in parallel apart).
-fn half_and_rounded(name: &str, half: Dtype, test: &str) -> (PathBuf, PathBuf) {
+fn half_and_rounded(name: &str, half: Dtype, test: &str) -> (ScratchDir, ScratchDir) {
     let stored = variant(name, &format!("{test}-{half}"), |v| v.astype(half).unwrap());
     let rounded = variant(name, &format!("{test}-{half}-as-f32"), |v| {
         v.astype(half).unwrap().astype(Dtype::Float32).unwrap()

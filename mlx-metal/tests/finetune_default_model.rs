@@ -18,6 +18,7 @@ use mlx_metal::train::finetune::{self, AdapterConfig};
 use mlx_metal::train::optim::Optimizer;
 use mlx_metal::train::trainer::{self, Hooks, Report, TrainArgs};
 use mlx_metal::{Array, Dtype};
+use test_support::ScratchDir;
 
 fn model_file() -> PathBuf {
     inference::discover::default_model().unwrap_or_else(|| {
@@ -29,10 +30,11 @@ fn model_file() -> PathBuf {
     })
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-metal-tune-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A scratch folder (removed when it drops) and a path in it not yet made.
+fn scratch(name: &str) -> (ScratchDir, PathBuf) {
+    let scratch = ScratchDir::new(&format!("tune-{name}"));
+    let dir = scratch.join(name);
+    (scratch, dir)
 }
 
 const QUESTION: &str = "What is the capital of Zorblax?";
@@ -67,7 +69,7 @@ impl Hooks for Record {
 
 #[test]
 fn lora_teaches_the_default_model_a_new_fact() {
-    let dense = scratch("smollm2-bf16");
+    let (_scratch, dense) = scratch("smollm2-bf16");
     gguf::convert_to(&model_file(), &dense, Some(Dtype::Bfloat16)).unwrap();
     let mut model = NativeModel::load(&dense).unwrap();
     let before = answer(&mut model);
@@ -87,12 +89,11 @@ fn lora_teaches_the_default_model_a_new_fact() {
     mlx_metal::random::seed(0).unwrap();
     let config = AdapterConfig::default();
     let trainable = finetune::attach(model.architecture_mut(), &config).unwrap();
-    let out = scratch("adapter");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = ScratchDir::new("tune-adapter");
     let mut record = Record {
         val: Vec::new(),
         train: Vec::new(),
-        dir: out.clone(),
+        dir: out.to_path_buf(),
     };
     let args = TrainArgs {
         iters: 30,
@@ -138,6 +139,4 @@ fn lora_teaches_the_default_model_a_new_fact() {
     let mut fresh = NativeModel::load(&dense).unwrap();
     fresh.load_adapter(&out).unwrap();
     assert_eq!(answer(&mut fresh), after);
-    let _ = std::fs::remove_dir_all(&dense);
-    let _ = std::fs::remove_dir_all(&out);
 }

@@ -297,8 +297,7 @@ fn write_as_llama_cpp(dir: &Path, arch: &str, out: &Path) {
 
 #[test]
 fn fixtures_written_as_gguf_match_mlx_lm() {
-    let scratch = std::env::temp_dir().join(format!("mlx-metal-layout-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch = test_support::ScratchDir::new("layout");
     let families = [
         ("llama", "llama"),
         ("qwen2", "qwen2"),
@@ -361,5 +360,4 @@ fn fixtures_written_as_gguf_match_mlx_lm() {
             "{fixture} greedy"
         );
     }
-    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -15,13 +15,10 @@ use mlx_metal::train::finetune::{self, AdapterConfig, FineTuneType, LoraParamete
 use mlx_metal::train::loss;
 use mlx_metal::train::optim::{Optimizer, Rule};
 use mlx_metal::{load_safetensors, random, Array, Dtype};
-use test_support::python;
+use test_support::{python, ScratchDir};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-metal-lora-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("lora-{name}"))
 }
 
 fn model_dir(name: &str) -> PathBuf {
@@ -67,7 +64,11 @@ fn batch_arrays(i: usize) -> (Array, Array) {
 /// Loads `fixture` with its stored dtypes, attaches adapters as `config`
 /// says (seeded), makes `lora_b` non-zero so every gradient is, and saves
 /// the initial adapter (mlx_lm layout) to a fresh folder.
-fn prepare(fixture: &str, config: &AdapterConfig, tag: &str) -> (NativeModel, Trainable, PathBuf) {
+fn prepare(
+    fixture: &str,
+    config: &AdapterConfig,
+    tag: &str,
+) -> (NativeModel, Trainable, ScratchDir) {
     let mut model = NativeModel::load_with_dtype(&model_dir(fixture), ComputeDtype::Model).unwrap();
     random::seed(7).unwrap();
     let trainable = finetune::attach(model.architecture_mut(), config).unwrap();
@@ -132,7 +133,7 @@ fn check_one_step(fixture: &str, config: AdapterConfig, tol: f32) {
     let (b, l) = batches();
     let out = dir.join("grads.safetensors");
     let reference = run_reference(serde_json::json!({
-        "model": model_dir(fixture), "adapter": dir, "mode": "grad",
+        "model": model_dir(fixture), "adapter": dir.path(), "mode": "grad",
         "batches": b, "lengths": l, "out": out,
     }));
     let expected_loss = reference["loss"].as_f64().unwrap() as f32;
@@ -177,7 +178,6 @@ fn check_one_step(fixture: &str, config: AdapterConfig, tol: f32) {
         "{fixture} {}: loss {loss} (mlx_lm {expected_loss}), max grad diff {worst:e}",
         config.fine_tune_type
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -301,7 +301,7 @@ fn check_steps(fixture: &str, optimizer: &str, lr: f32, steps: usize, compiled: 
     let (b, l) = batches();
     let out = dir.join("trained.safetensors");
     let reference = run_reference(serde_json::json!({
-        "model": model_dir(fixture), "adapter": dir, "mode": "train",
+        "model": model_dir(fixture), "adapter": dir.path(), "mode": "train",
         "batches": b, "lengths": l, "out": out, "optimizer": name,
         "optimizer_args": if bias_correction { serde_json::json!({"bias_correction": true}) } else { serde_json::json!({}) },
         "lr": lr, "steps": steps,
@@ -324,7 +324,6 @@ fn check_steps(fixture: &str, optimizer: &str, lr: f32, steps: usize, compiled: 
         "{fixture} {optimizer}: max weight diff after {steps} steps {worst:e}; mlx_lm losses {}",
         reference["losses"]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -358,7 +357,7 @@ fn grad_checkpoint_gives_the_same_loss_and_gradients() {
         ("gemma3_text", FineTuneType::Lora),
         ("gemma2", FineTuneType::Lora),
     ] {
-        let (mut model, trainable, dir) = prepare(fixture, &lora_config(kind), "checkpoint");
+        let (mut model, trainable, _dir) = prepare(fixture, &lora_config(kind), "checkpoint");
         let (batch, lengths) = batch_arrays(1);
         let plain =
             loss::loss_and_grads(model.architecture_mut(), &trainable, &batch, &lengths).unwrap();
@@ -386,7 +385,6 @@ fn grad_checkpoint_gives_the_same_loss_and_gradients() {
             .unwrap()
             .eval()
             .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -431,7 +429,7 @@ fn the_compiled_loop_matches_the_eager_loop() {
         examples,
     };
     let run = |compile: bool, checkpoint: bool| -> BTreeMap<String, Array> {
-        let (mut model, trainable, dir) = prepare(
+        let (mut model, trainable, _dir) = prepare(
             "qwen3",
             &lora_config(FineTuneType::Lora),
             &format!("compiled{compile}{checkpoint}"),
@@ -458,16 +456,14 @@ fn the_compiled_loop_matches_the_eager_loop() {
         )
         .unwrap();
         assert_eq!(opt.step(), 6);
-        let _ = std::fs::remove_dir_all(&dir);
         trainable
             .parameters(model.architecture_mut().module())
             .unwrap()
     };
-    let (mut model, trainable, dir) = prepare("qwen3", &lora_config(FineTuneType::Lora), "c0");
+    let (mut model, trainable, _dir) = prepare("qwen3", &lora_config(FineTuneType::Lora), "c0");
     let initial = trainable
         .parameters(model.architecture_mut().module())
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let eager = run(false, false);
     let moved = eager
         .iter()
@@ -507,7 +503,7 @@ fn gradient_accumulation_averages_the_batches() {
         examples: vec![example; 4],
     };
     let run = |iters: usize, accum: usize| -> BTreeMap<String, Array> {
-        let (mut model, trainable, dir) = prepare(
+        let (mut model, trainable, _dir) = prepare(
             "llama",
             &lora_config(FineTuneType::Lora),
             &format!("accum{accum}"),
@@ -530,17 +526,15 @@ fn gradient_accumulation_averages_the_batches() {
         )
         .unwrap();
         assert_eq!(opt.step(), 1, "one update");
-        let _ = std::fs::remove_dir_all(&dir);
         trainable
             .parameters(model.architecture_mut().module())
             .unwrap()
     };
     let (once, accumulated) = (run(1, 1), run(2, 2));
-    let (mut model, trainable, dir) = prepare("llama", &lora_config(FineTuneType::Lora), "accum0");
+    let (mut model, trainable, _dir) = prepare("llama", &lora_config(FineTuneType::Lora), "accum0");
     let initial = trainable
         .parameters(model.architecture_mut().module())
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let mut moved = 0.0f32;
     for (name, w) in &once {
         let d = max_abs_diff(w, &accumulated[name]);

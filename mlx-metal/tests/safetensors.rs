@@ -3,15 +3,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use common::{floats, ramp};
 use mlx_metal::{load_safetensors, save_safetensors, Array, Dtype, Error};
+use test_support::ScratchFile;
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-metal-st-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A scratch file's path, the file removed when the guard drops.
+fn temp(name: &str) -> ScratchFile {
+    ScratchFile::new(&format!("st-{name}"))
 }
 
 #[test]
@@ -57,7 +56,8 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
     let result = load_safetensors(&truncated).and_then(|st| st.tensors["w"].eval().map(|_| st));
     let e = result.unwrap_err();
     assert!(
-        matches!(&e, Error::File { path, .. } if path == &truncated) || matches!(&e, Error::Mlx(_)),
+        matches!(&e, Error::File { path, .. } if path == truncated.path())
+            || matches!(&e, Error::Mlx(_)),
         "{e}"
     );
     assert!(
@@ -69,13 +69,13 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
     std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
     let e = load_safetensors(&garbage).unwrap_err();
     assert!(
-        matches!(&e, Error::File { path, .. } if path == &garbage),
+        matches!(&e, Error::File { path, .. } if path == garbage.path()),
         "{e}"
     );
 }
 
 /// A safetensors file from a header (JSON) and `data` bytes.
-fn with_header(name: &str, header: &str, data: usize) -> std::path::PathBuf {
+fn with_header(name: &str, header: &str, data: usize) -> ScratchFile {
     let path = temp(name);
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend(header.as_bytes());
@@ -140,6 +140,5 @@ proptest::proptest! {
         let path = temp(&format!("fuzz-{at}-{cut}.safetensors"));
         std::fs::write(&path, &bytes).unwrap();
         let _ = mlx_metal::llm::weights::check_header(&path);
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -4,20 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use mlx_metal::llm::NativeModel;
 use mlx_metal::train::data::{batch_groups, make_batch, Encoder, Format};
 use mlx_metal::Error;
 use serde_json::{json, Value};
-use test_support::python;
+use test_support::{python, ScratchDir};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-metal-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("data-{name}"))
 }
 
 fn write_lines(dir: &Path, name: &str, lines: &[Value]) {
@@ -130,7 +127,6 @@ fn check(fixture: &str, lines: Vec<Value>, mask: bool, format: Format) {
     let mut expected: Vec<Value> = r["batches"].as_array().unwrap().clone();
     expected.sort_by_key(|v| v.to_string());
     assert_eq!(batches, expected, "{fixture} {format:?}: batches");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -236,7 +232,6 @@ fn bad_data_gets_errors_naming_the_file_and_line() {
             .contains("valid.jsonl:1: `messages` is empty"),
         "{empty_chat}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -267,5 +262,4 @@ fn long_rows_are_truncated_and_reported() {
         .unwrap_err()
         .to_string()
         .contains("fewer than the batch size 8"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

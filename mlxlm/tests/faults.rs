@@ -10,26 +10,19 @@ use inference::{
     CancellationToken, Error, GenerateOptions, LoadOptions, Message, StopReason, TextModel,
 };
 use mlxlm::MlxLmModel;
+use test_support::ScratchDir;
 
 fn llama() -> PathBuf {
     common::use_fixture_python();
     common::fixtures().join("llama")
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlxlm-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("mlxlm-{name}"))
 }
 
-fn copy_model(from: &Path, name: &str) -> PathBuf {
-    let dir = temp_dir(name);
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    dir
+fn copy_model(from: &Path, name: &str) -> ScratchDir {
+    ScratchDir::copy_of(from, &format!("mlxlm-{name}"))
 }
 
 #[cfg(target_os = "linux")]
@@ -163,7 +156,7 @@ fn bad_directories_are_errors_naming_them() {
     std::fs::write(bad.join("config.json"), r#"{"model_type": "no_such_arch"}"#).unwrap();
     let err = inference::load_model_with(&bad, opts()).err().unwrap();
     assert!(
-        matches!(&err, Error::InvalidModel { path, .. } if path == &bad),
+        matches!(&err, Error::InvalidModel { path, .. } if path == bad.path()),
         "{err}"
     );
     assert!(err.to_string().contains("no_such_arch"), "{err}");

@@ -5,8 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn invalid_json_from_the_process_is_a_protocol_error() {
-    let dir = std::env::temp_dir().join(format!("mlxlm-fake-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_support::ScratchDir::new("mlxlm-fake");
     let fake = dir.join("python");
     std::fs::write(
         &fake,

@@ -67,20 +67,29 @@ pub fn output_with_stdin(cmd: &mut std::process::Command, stdin: &[u8]) -> std::
     child.wait_with_output().unwrap()
 }
 
+/// A fresh path under the system's temporary folder whose name holds
+/// `name`, this process id and a number no other scratch path of this
+/// process has.
+fn scratch_path(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "mlx-infer-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
 /// A scratch directory under the system's temporary folder, removed (with
-/// its contents) on drop.
+/// its contents) on drop. It dereferences to its path: keep the
+/// `ScratchDir` itself (not a copy of its path) for as long as the
+/// directory is used.
 pub struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     /// A fresh empty directory whose name holds `name` and this process id.
     pub fn new(name: &str) -> ScratchDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mlx-infer-test-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let dir = scratch_path(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         ScratchDir(dir)
@@ -129,8 +138,88 @@ impl ScratchDir {
     }
 }
 
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The path of a scratch file under the system's temporary folder (not
+/// made here), removed on drop if it was made. It dereferences to its
+/// path: keep the `ScratchFile` itself for as long as the file is used.
+pub struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    /// A fresh path whose name holds `name` (its extension included) and
+    /// this process id.
+    pub fn new(name: &str) -> ScratchFile {
+        let path = scratch_path(name);
+        let _ = std::fs::remove_file(&path);
+        ScratchFile(path)
+    }
+
+    /// A scratch file holding `contents`.
+    pub fn with_contents(name: &str, contents: impl AsRef<[u8]>) -> ScratchFile {
+        let file = ScratchFile::new(name);
+        std::fs::write(&file.0, contents).unwrap();
+        file
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ScratchFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ScratchFile {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_paths_are_removed_on_drop() {
+        let dir = ScratchDir::new("guard");
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/b/c.txt"), "x").unwrap();
+        let file = ScratchFile::with_contents("guard.txt", "y");
+        let unmade = ScratchFile::new("unmade.txt");
+        let (d, f, u) = (dir.to_path_buf(), file.to_path_buf(), unmade.to_path_buf());
+        assert_ne!(d, f);
+        assert!(d.is_dir() && f.is_file() && !u.exists());
+        drop((dir, file, unmade));
+        assert!(!d.exists() && !f.exists() && !u.exists());
     }
 }

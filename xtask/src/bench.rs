@@ -379,10 +379,9 @@ mod tests {
             }),
             "--model /no/such/model: no such directory"
         );
-        let file = std::env::temp_dir().join(format!("xtask-bench-file-{}", std::process::id()));
-        std::fs::write(&file, "not a model").unwrap();
+        let file = test_support::ScratchFile::with_contents("xtask-bench-file", "not a model");
         let e = err(Options {
-            model: Some(file.clone()),
+            model: Some(file.to_path_buf()),
             ..opts()
         });
         assert_eq!(
@@ -392,15 +391,12 @@ mod tests {
                 file.display()
             )
         );
-        let empty = std::env::temp_dir().join(format!("xtask-bench-dir-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
+        let empty = test_support::ScratchDir::new("xtask-bench-dir");
         let e = err(Options {
-            model: Some(empty.clone()),
+            model: Some(empty.to_path_buf()),
             ..opts()
         });
         assert!(e.contains("no config.json"), "{e}");
-        std::fs::remove_file(file).unwrap();
-        std::fs::remove_dir_all(empty).unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::median;
 use crate::build_mlx::cache_root;
-use crate::process::{root, run_visible};
+use crate::process::{root, run_visible, RemoveOnDrop};
 
 /// Options of `cargo xtask bench classify|batch`.
 #[derive(clap::Args, Debug)]
@@ -148,8 +148,10 @@ pub fn run(mode: Mode, opts: &Options) -> Result<()> {
         Some(m) => m.clone(),
         None => default_model(&cli)?,
     };
-    let file = std::env::temp_dir().join(format!("mlx-infer-bench-{}.txt", std::process::id()));
-    std::fs::write(&file, sentences(opts.sentences).join("\n") + "\n")?;
+    let file = RemoveOnDrop(
+        std::env::temp_dir().join(format!("mlx-infer-bench-{}.txt", std::process::id())),
+    );
+    std::fs::write(&file.0, sentences(opts.sentences).join("\n") + "\n")?;
     let (batch, max) = (opts.batch_size.to_string(), opts.max_tokens.to_string());
     let mode_name = if mode == Mode::Classify {
         "classify"
@@ -164,7 +166,7 @@ pub fn run(mode: Mode, opts: &Options) -> Result<()> {
             .arg(root().join("xtask/python/bench_batch.py"))
             .arg(&model)
             .args([mode_name])
-            .arg(&file)
+            .arg(&file.0)
             .args([&batch, &max])
             .output()
             .context("cannot run the mlx_lm side")?;
@@ -188,7 +190,7 @@ pub fn run(mode: Mode, opts: &Options) -> Result<()> {
             .arg("--model")
             .arg(&model)
             .arg("--input")
-            .arg(&file);
+            .arg(&file.0);
         cmd.args(["--json", "--batch-size", &batch]);
         if mode == Mode::Batch {
             cmd.args(["--max-tokens", &max]);
@@ -214,7 +216,7 @@ pub fn run(mode: Mode, opts: &Options) -> Result<()> {
         entry.0.push(rate);
         entry.1.push(num("peak_memory_bytes"));
     }
-    let _ = std::fs::remove_file(&file);
+    drop(file);
 
     let unit = if mode == Mode::Classify {
         "sentences/s"

@@ -507,8 +507,7 @@ mod tests {
 
     #[test]
     fn criterion_folder_is_read_by_full_id() {
-        let dir = std::env::temp_dir().join(format!("xtask-opsbench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = test_support::ScratchDir::new("xtask-opsbench");
         for (path, id, median) in [
             ("add/f32/1048576", "add/f32/1048576", 2500.0),
             ("sdpa/bf16/q_causal", "sdpa/bf16/q_causal", 7.5e6),
@@ -536,7 +535,6 @@ mod tests {
         fs::write(dir.join("add/f32/1048576/new/estimates.json"), "{}").unwrap();
         let err = read_criterion(&dir).unwrap_err().to_string();
         assert!(err.contains("median.point_estimate"), "{err}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{build_libmlx, median};
 use crate::build_mlx::cache_root;
-use crate::process::{root, run_visible};
+use crate::process::{root, run_visible, RemoveOnDrop};
 
 /// Options of `cargo xtask bench train`.
 #[derive(clap::Args, Debug)]
@@ -181,7 +181,8 @@ pub fn run(opts: &Options) -> Result<()> {
             d
         }
     };
-    let scratch = std::env::temp_dir().join(format!("bench-train-{}", std::process::id()));
+    let scratch =
+        RemoveOnDrop(std::env::temp_dir().join(format!("bench-train-{}", std::process::id())));
     let script = repo_file("xtask/python/bench_train_mlx_lm.py");
     let libmlx = if opts.cli.is_some() {
         None
@@ -242,7 +243,7 @@ pub fn run(opts: &Options) -> Result<()> {
             model.clone(),
             data.clone(),
             opts.dtype.clone(),
-            scratch.join(if ckpt { "ckpt" } else { "plain" }),
+            scratch.0.join(if ckpt { "ckpt" } else { "plain" }),
         );
         sides.push(Side {
             label: format!("mlx-infer{suffix}"),
@@ -286,7 +287,7 @@ pub fn run(opts: &Options) -> Result<()> {
             side.runs.push(run);
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
 
     let summary: Vec<(String, f64, f64)> = sides
         .iter()

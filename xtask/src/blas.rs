@@ -157,11 +157,8 @@ pub fn is_wired(site: &Path, openblas: &OpenBlas) -> bool {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-blas-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn scratch(name: &str) -> test_support::ScratchDir {
+        test_support::ScratchDir::new(&format!("xtask-blas-{name}"))
     }
 
     #[test]
@@ -218,7 +215,6 @@ mod tests {
         fs::remove_file(system.join("libblas.so.3")).unwrap();
         assert!(!is_wired(&site, &openblas));
         assert_eq!(find_in(&system), None);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -231,7 +227,6 @@ mod tests {
         };
         assert_eq!(wire(&root.join("site"), &openblas).unwrap(), 0);
         assert_eq!(wire(&root.join("missing"), &openblas).unwrap(), 0);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -549,10 +549,9 @@ mod tests {
 
     #[test]
     fn missing_prerequisites_name_their_install_commands() {
-        let empty = std::env::temp_dir().join(format!("xtask-empty-path-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
+        let empty = test_support::ScratchDir::new("xtask-empty-path");
         // This test binary has no other test that reads these variables.
-        std::env::set_var("PATH", &empty);
+        std::env::set_var("PATH", empty.path());
         std::env::set_var("PYTHON", empty.join("python3"));
         std::env::set_var("CXX", empty.join("c++"));
         let err = check_prerequisites(&MlxSource::Wheel("mlx-cpu"), Some(&None))
@@ -574,7 +573,7 @@ mod tests {
             "{err}"
         );
         // an existing MLX install needs no pip, and its BLAS is its own
-        let err = check_prerequisites(&MlxSource::Existing(empty.clone()), None)
+        let err = check_prerequisites(&MlxSource::Existing(empty.to_path_buf()), None)
             .unwrap_err()
             .to_string();
         assert!(!err.contains("pip"), "{err}");

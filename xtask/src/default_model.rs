@@ -117,12 +117,10 @@ mod tests {
 
     #[test]
     fn sha256_of_known_bytes() {
-        let path = std::env::temp_dir().join(format!("xtask-sha-{}", std::process::id()));
-        fs::write(&path, b"abc").unwrap();
+        let path = test_support::ScratchFile::with_contents("xtask-sha", b"abc");
         assert_eq!(
             sha256(&path).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        fs::remove_file(&path).unwrap();
     }
 }

@@ -35,14 +35,8 @@ pub fn randn(shape: &[i32], seed: u64, scale: f32) -> Array {
 #[allow(unused_imports)]
 pub use test_support::{fixture_models, fixtures, ids, reference};
 
-/// A copy of a fixture model in a fresh temporary folder.
-pub fn copy_model(from: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-metal-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    dir
+/// A copy of a fixture model in a fresh temporary folder, removed when the
+/// returned guard drops.
+pub fn copy_model(from: &std::path::Path, name: &str) -> test_support::ScratchDir {
+    test_support::ScratchDir::copy_of(from, name)
 }
