@@ -511,8 +511,15 @@ impl<'m> BatchGeneration<'m> {
         Ok(())
     }
 
-    /// Takes the sampled tokens, starts the next step for the rows still
-    /// running, and turns the tokens into events.
+    /// Starts the next step from the sampled tokens (not yet read, as
+    /// mlx_lm's batch generator does, so the device computes it while the
+    /// tokens are read and reported), then reads them, turns them into
+    /// events and lets the rows that ended go: the step already started
+    /// computes them once more and its results for them are dropped.
+    ///
+    /// A model spread over a group reads the tokens first and starts the
+    /// next step for the remaining rows only: with two steps queued, the
+    /// ranks of a pipeline can each wait in a different collective.
     fn advance(&mut self) -> Result<()> {
         if self.next.is_none() {
             self.admit()?;
@@ -520,9 +527,17 @@ impl<'m> BatchGeneration<'m> {
         let Some(tokens) = self.next.take() else {
             return Ok(());
         };
+        let check = self.check.take();
         let cancelled = self.opts.is_cancelled();
+        let ahead = !self.model.spread();
+        let mut following = match &mut self.batch {
+            Some(b) if !cancelled && ahead => {
+                Some(Self::start_step(b, &mut self.sampler, &tokens)?)
+            }
+            _ => None,
+        };
         let ids = tokens.to_vec::<u32>()?;
-        if let Some(check) = self.check.take() {
+        if let Some(check) = check {
             let sums = check.to_vec::<f32>()?;
             if let Some(r) = sums.iter().position(|s| !s.is_finite()) {
                 let row = self.rows.get(r).map_or(r, |(index, _)| *index);
@@ -549,11 +564,9 @@ impl<'m> BatchGeneration<'m> {
         }
         // Finished rows: release what they held, report, and leave.
         let mut keep = Vec::new();
-        let mut kept_tokens = Vec::new();
         for (r, (index, row)) in self.rows.iter_mut().enumerate() {
             let Some(reason) = row.reason else {
                 keep.push(r);
-                kept_tokens.push(ids[r] as i32);
                 continue;
             };
             row.finish(reason, &mut out)?;
@@ -570,28 +583,38 @@ impl<'m> BatchGeneration<'m> {
                 row.prompt_tokens,
             )));
         }
+        if cancelled {
+            self.rows.clear();
+            self.batch = None;
+            self.waiting.clear();
+            return Ok(());
+        }
         if keep.len() != self.rows.len() {
             self.rows.retain(|(_, row)| row.reason.is_none());
             if self.rows.is_empty() {
                 self.batch = None;
-            } else if let Some(b) = &mut self.batch {
-                b.filter(&keep)?;
+                following = None;
+            } else {
+                if let Some(b) = &mut self.batch {
+                    b.filter(&keep)?;
+                }
+                let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
+                let idx = Array::from_vec(&idx)?;
+                following = following
+                    .map(|(next, check)| {
+                        Ok::<_, Error>((next.take(&idx, 0)?, check.take(&idx, 0)?))
+                    })
+                    .transpose()?;
             }
         }
-        if cancelled {
-            self.waiting.clear();
-            return Ok(());
+        if !ahead {
+            if let Some(b) = &mut self.batch {
+                let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
+                let kept = tokens.take(&Array::from_vec(&idx)?, 0)?;
+                following = Some(Self::start_step(b, &mut self.sampler, &kept)?);
+            }
         }
-        // Start the next step before anything reads it.
-        if let Some(b) = &mut self.batch {
-            let input = Array::from_vec(&kept_tokens)?;
-            let logits = b.step(&input)?;
-            let check = finite_witness(&logits, &[-1])?;
-            let next = self.sampler.sample(logits, None)?;
-            let mut state = b.state();
-            state.push(&next);
-            state.push(&check);
-            async_eval(&state)?;
+        if let Some((next, check)) = following {
             self.next = Some(next);
             self.check = Some(check);
         }
@@ -603,6 +626,23 @@ impl<'m> BatchGeneration<'m> {
             self.admit()?;
         }
         Ok(())
+    }
+
+    /// Builds and starts the decode step of `batch` that reads `tokens`
+    /// (`[rows]`): its sampled tokens and their logits' finiteness witness.
+    fn start_step(
+        batch: &mut Batch<'_>,
+        sampler: &mut Sampler,
+        tokens: &Array,
+    ) -> Result<(Array, Array)> {
+        let logits = batch.step(&tokens.astype(Dtype::Int32)?)?;
+        let check = finite_witness(&logits, &[-1])?;
+        let next = sampler.sample(logits, None)?;
+        let mut state = batch.state();
+        state.push(&next);
+        state.push(&check);
+        async_eval(&state)?;
+        Ok((next, check))
     }
 
     /// The next event, an error, or `None` when every row has finished.

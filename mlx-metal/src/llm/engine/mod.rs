@@ -61,7 +61,15 @@ impl Pending {
     /// Samples a token for each of `rows` from `logits` (`[rows, vocab]`
     /// float32): the greedy rows together (`greedy`), the others each with
     /// its own sampler.
-    fn sample(rows: &mut [Running<'_>], logits: &Array, greedy: &mut Sampler) -> Result<Pending> {
+    /// `inputs` (`[rows]`), when given, are the tokens the logits were
+    /// computed from, not yet read into the rows' histories (a repetition
+    /// penalty counts them).
+    fn sample(
+        rows: &mut [Running<'_>],
+        logits: &Array,
+        inputs: Option<&Array>,
+        greedy: &mut Sampler,
+    ) -> Result<Pending> {
         let checks = finite_witness(logits, &[-1])?;
         let row = |r: usize, a: &Array| a.slice_axis(0, r as i32, r as i32 + 1);
         let batch_greedy = rows
@@ -77,7 +85,12 @@ impl Pending {
                     .enumerate()
                     .map(|(r, running)| match &batch_greedy {
                         Some(g) if running.greedy => row(r, g)?.astype(Dtype::Uint32),
-                        _ => running.sample(&row(r, logits)?)?.astype(Dtype::Uint32),
+                        _ => {
+                            let input = inputs.map(|i| row(r, i)).transpose()?;
+                            running
+                                .sample(&row(r, logits)?, input.as_ref())?
+                                .astype(Dtype::Uint32)
+                        }
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Array::concatenate(&each.iter().collect::<Vec<_>>(), 0)?
@@ -91,6 +104,19 @@ impl Pending {
         Ok(Pending {
             tokens,
             checks,
+            logprobs,
+        })
+    }
+
+    /// Only the rows `keep` (in that order).
+    fn filter(self, keep: &[usize]) -> Result<Pending> {
+        let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
+        let idx = Array::from_vec(&idx)?;
+        let mut logprobs = self.logprobs;
+        let logprobs = keep.iter().map(|&r| logprobs[r].take()).collect();
+        Ok(Pending {
+            tokens: self.tokens.take(&idx, 0)?,
+            checks: self.checks.take(&idx, 0)?,
             logprobs,
         })
     }
@@ -323,35 +349,44 @@ impl<'m> NativeEngine<'m> {
             self.rows.retain(|row| row.row.reason.is_none());
             if self.rows.is_empty() {
                 self.batch = None;
-            } else if let Some(b) = &mut self.batch {
-                b.filter(&keep)?;
+                self.next = None;
+            } else {
+                if let Some(b) = &mut self.batch {
+                    b.filter(&keep)?;
+                }
+                // The step already started computed the leaving rows too.
+                self.next = self.next.take().map(|p| p.filter(&keep)).transpose()?;
             }
         }
         Ok(())
     }
 
-    /// Builds and starts the next decode step for the running rows.
-    fn decode(&mut self) -> Result<()> {
+    /// Builds and starts the decode step that reads `inputs`, the tokens
+    /// of the step before, for every running row, before they are read
+    /// (as mlx_lm's batch generator does: the device computes it while the
+    /// host reads and reports them). Rows that those tokens end are
+    /// computed once more; [`remove_finished`](Self::remove_finished)
+    /// drops them from the result.
+    ///
+    /// `unread` says whether `tokens` are still missing from the rows'
+    /// histories (a repetition penalty then counts them from `tokens`).
+    fn decode(&mut self, tokens: &Array, unread: bool) -> Result<Option<Pending>> {
         if self.batch.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let adapters: Vec<Option<usize>> = self.rows.iter().map(|r| r.adapter).collect();
         self.select(&adapters)?;
         let Some(batch) = &mut self.batch else {
-            return Ok(());
+            return Ok(None);
         };
-        let inputs: Vec<i32> = self
-            .rows
-            .iter()
-            .map(|r| *r.history.last().expect("a running row has read a token") as i32)
-            .collect();
-        let logits = batch.step(&Array::from_vec(&inputs)?)?;
-        let next = Pending::sample(&mut self.rows, &logits, &mut self.greedy)?;
+        let tokens = tokens.astype(Dtype::Int32)?;
+        let logits = batch.step(&tokens)?;
+        let inputs = unread.then_some(&tokens);
+        let next = Pending::sample(&mut self.rows, &logits, inputs, &mut self.greedy)?;
         let mut state = batch.state();
         state.extend(next.outputs());
         async_eval(&state)?;
-        self.next = Some(next);
-        Ok(())
+        Ok(Some(next))
     }
 
     /// Prefills waiting requests within the step's token budget; those
@@ -467,7 +502,7 @@ impl<'m> NativeEngine<'m> {
         running.extend_many(batches.collect())?;
         self.batch = Some(running);
         let logits = Array::concatenate(&logits.iter().collect::<Vec<_>>(), 0)?;
-        let new = Pending::sample(&mut self.rows[first..], &logits, &mut self.greedy)?;
+        let new = Pending::sample(&mut self.rows[first..], &logits, None, &mut self.greedy)?;
         let mut outputs = new.outputs();
         if let Some(b) = &self.batch {
             outputs.extend(b.state());
@@ -576,20 +611,36 @@ impl Engine for NativeEngine<'_> {
     fn step(&mut self) -> inference::Result<Vec<EngineEvent>> {
         let mut events = std::mem::take(&mut self.early);
         let mut t = std::time::Instant::now();
-        if let Some(pending) = self.next.take() {
+        let rows = self.rows.len();
+        // A model spread over a group keeps one step queued at a time: with
+        // two, the ranks of a pipeline can each wait in a different
+        // collective.
+        let ahead = !self.model.architecture().spread();
+        let pending = self.next.take();
+        if let (Some(pending), true) = (&pending, ahead) {
+            self.next = self.decode(&pending.tokens, true)?;
+        }
+        let mut decode = profile::lap(&mut t);
+        if let Some(pending) = pending {
             self.read(pending, &mut events)?;
         }
         let read = profile::lap(&mut t);
         self.remove_finished(&mut events)?;
         let remove = profile::lap(&mut t);
-        let rows = self.rows.len();
-        self.decode()?;
-        let decode = profile::lap(&mut t);
+        if !ahead && self.batch.is_some() {
+            let inputs: Vec<i32> = self
+                .rows
+                .iter()
+                .map(|r| *r.history.last().expect("a running row has read a token") as i32)
+                .collect();
+            self.next = self.decode(&Array::from_vec(&inputs)?, false)?;
+            decode += profile::lap(&mut t);
+        }
         let waiting = self.waiting.len();
         self.admit(&mut events)?;
         let admit = profile::lap(&mut t);
         profile::record(|| {
-            let admitted = self.rows.len() - rows;
+            let admitted = self.rows.len().saturating_sub(rows);
             format!(
                 "engine rows={rows} admitted={admitted} waiting={waiting} read_us={read} \
                  remove_us={remove} decode_us={decode} admit_us={admit}"

@@ -132,8 +132,12 @@ impl PrefixCache {
                 && e.tokens.len() < n
                 && tokens[..e.tokens.len()] == e.tokens[..])
         });
+        // Copied out of the batch in the background: waiting here would
+        // stall the engine's step on the device (a finished row's copy
+        // waits for the step in flight), and once computed the copies no
+        // longer hold the batch's buffers.
         let state: Vec<&Array> = layers.iter().flat_map(|(k, v)| [k, v]).collect();
-        crate::eval(&state)?;
+        crate::async_eval(&state)?;
         self.entries.push(Entry {
             adapter,
             tokens: tokens.to_vec(),

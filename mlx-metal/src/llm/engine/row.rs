@@ -90,12 +90,25 @@ impl<'t> Running<'t> {
     }
 
     /// Samples this row's next token (`[1]`) from its logits (`[1, vocab]`
-    /// float32) with its own sampler, key and history.
-    pub fn sample(&mut self, logits: &Array) -> Result<Array> {
+    /// float32) with its own sampler, key and history; `input` (`[1]`
+    /// int32), when given, is the token the logits were computed from, not
+    /// yet read into the history.
+    pub fn sample(&mut self, logits: &Array, input: Option<&Array>) -> Result<Array> {
         let history = if self.sampler.wants_history() {
-            let from = self.history.len().saturating_sub(self.repetition_context);
+            let context = self.repetition_context;
+            let from_host = match input {
+                Some(_) => context.saturating_sub(1),
+                None => context,
+            };
+            let from = self.history.len().saturating_sub(from_host);
             let recent: Vec<i32> = self.history[from..].iter().map(|&t| t as i32).collect();
-            Some(Array::from_vec(&recent)?)
+            let recent = Array::from_vec(&recent)?;
+            Some(match input {
+                Some(last) if context > 0 => {
+                    Array::concatenate(&[&recent, &last.astype(Dtype::Int32)?], 0)?
+                }
+                _ => recent,
+            })
         } else {
             None
         };
