@@ -529,7 +529,10 @@ impl<'m> BatchGeneration<'m> {
         };
         let check = self.check.take();
         let cancelled = self.opts.is_cancelled();
-        let ahead = !self.model.spread();
+        // Nothing to start when every row reaches its token budget with
+        // the tokens about to be read.
+        let max = self.opts.max_tokens;
+        let ahead = !self.model.spread() && self.rows.iter().any(|(_, r)| r.ids.len() + 1 < max);
         let mut following = match &mut self.batch {
             Some(b) if !cancelled && ahead => {
                 Some(Self::start_step(b, &mut self.sampler, &tokens)?)
@@ -607,7 +610,7 @@ impl<'m> BatchGeneration<'m> {
                     .transpose()?;
             }
         }
-        if !ahead {
+        if following.is_none() {
             if let Some(b) = &mut self.batch {
                 let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
                 let kept = tokens.take(&Array::from_vec(&idx)?, 0)?;

@@ -615,11 +615,15 @@ impl Engine for NativeEngine<'_> {
         // A model spread over a group keeps one step queued at a time: with
         // two, the ranks of a pipeline can each wait in a different
         // collective.
-        let ahead = !self.model.architecture().spread();
+        let spread = self.model.architecture().spread();
+        // Nothing to start ahead when every row reaches its token budget
+        // with the tokens about to be read.
+        let ahead = !spread && self.rows.iter().any(|r| r.row.ids.len() + 1 < r.max_tokens);
         let pending = self.next.take();
         if let (Some(pending), true) = (&pending, ahead) {
             self.next = self.decode(&pending.tokens, true)?;
         }
+        let started = self.next.is_some();
         let mut decode = profile::lap(&mut t);
         if let Some(pending) = pending {
             self.read(pending, &mut events)?;
@@ -627,7 +631,7 @@ impl Engine for NativeEngine<'_> {
         let read = profile::lap(&mut t);
         self.remove_finished(&mut events)?;
         let remove = profile::lap(&mut t);
-        if !ahead && self.batch.is_some() {
+        if !started && self.batch.is_some() {
             let inputs: Vec<i32> = self
                 .rows
                 .iter()
