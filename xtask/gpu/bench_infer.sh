@@ -152,8 +152,13 @@ fi
 if [[ " $parts " == *" batch "* ]]; then
   need_gemma
   "$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 8 --batch-size 32 --json 2> /dev/null | tail -1 > /dev/null
+  # A previous build beside this one, when carried as mlx-infer-old.
+  sides="mlx-infer"
+  [ -x $bin/mlx-infer-old ] && sides="$sides mlx-infer-old"
   for r in 1 2 3; do
     python3 xtask/python/bench_batch.py $gemma batch /tmp/s256.txt 32 128 $r 2> /dev/null | sed 's/^/batch mlx_lm /'
-    "$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 | sed 's/^/batch mlx-infer /'
+    for side in $sides; do
+      $bin/$side batch --model $gemma --input /tmp/s256.txt --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 | sed "s/^/batch $side /"
+    done
   done
 fi
