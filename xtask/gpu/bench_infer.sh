@@ -81,7 +81,7 @@ PY
 if [[ " $parts " == *" decode "* ]]; then
   need_qwen
   prompt=$(python3 -c 'print("The quick brown fox jumps over the lazy dog. " * 20)')
-  # Both decode paths (MLX_INFER_DECODE; compiled is the GPU's default),
+  # Both decode paths (MLX_INFER_DECODE; eager is the default),
   # each warmed up (the compiled step's fused kernels are built on first use).
   for mode in eager compiled; do
     echo "$prompt" | MLX_INFER_DECODE=$mode "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1

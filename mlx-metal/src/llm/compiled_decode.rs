@@ -10,10 +10,12 @@
 //! reached it grows by [`GROW`] positions and the step is traced once
 //! more for the new shapes.
 //!
-//! `MLX_INFER_DECODE=compiled` or `eager` picks the path; without it the
-//! compiled step is used on a GPU and the per-step graph on the CPU (where
-//! MLX builds each fused kernel with the system's C++ compiler the first
-//! time it is seen, seconds that a short generation never wins back).
+//! `MLX_INFER_DECODE=compiled` picks it; the default (`eager`) is the
+//! per-step graph. Not on the CPU by default: MLX builds each fused kernel
+//! with the system's C++ compiler the first time it is seen, seconds that
+//! a short generation never wins back. Not yet on a GPU by default either:
+//! that waits for its timing there against the per-step graph (attention
+//! through a mask over every slot may cost more than it saves).
 
 use crate::llm::models::Architecture;
 use crate::nn::cache::KvCache;
@@ -32,8 +34,8 @@ pub enum DecodeMode {
 }
 
 impl DecodeMode {
-    /// `MLX_INFER_DECODE` (`compiled` or `eager`), else compiled on a GPU
-    /// and eager on the CPU. An unknown value is an error naming it.
+    /// `MLX_INFER_DECODE` (`compiled` or `eager`, the default). An
+    /// unknown value is an error naming it.
     pub fn from_env() -> Result<DecodeMode> {
         match std::env::var("MLX_INFER_DECODE") {
             Ok(v) => match v.as_str() {
@@ -43,20 +45,9 @@ impl DecodeMode {
                     "MLX_INFER_DECODE={other:?}: expected `compiled` or `eager`"
                 ))),
             },
-            Err(_) => Ok(if on_gpu() {
-                DecodeMode::Compiled
-            } else {
-                DecodeMode::Eager
-            }),
+            Err(_) => Ok(DecodeMode::Eager),
         }
     }
-}
-
-fn on_gpu() -> bool {
-    matches!(
-        crate::Device::default_device().and_then(|d| d.kind()),
-        Ok(crate::DeviceType::Gpu)
-    )
 }
 
 /// A sequence's decode steps through one compiled graph.
