@@ -141,9 +141,7 @@ impl Array {
         check_dims(shape)?;
         let needed = shape
             .iter()
-            .try_fold(dtype.size_in_bytes() as u128, |n, &d| {
-                n.checked_mul(d as u128)
-            });
+            .try_fold(dtype.size() as u128, |n, &d| n.checked_mul(d as u128));
         if needed != Some(bytes.len() as u128) {
             return Err(Error::InvalidArgument(format!(
                 "shape {shape:?} of {dtype} does not hold the {} bytes given",

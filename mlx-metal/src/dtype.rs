@@ -112,16 +112,6 @@ impl Dtype {
         )
     }
 
-    /// Bytes per element.
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            Dtype::Bool | Dtype::Uint8 | Dtype::Int8 => 1,
-            Dtype::Uint16 | Dtype::Int16 | Dtype::Float16 | Dtype::Bfloat16 => 2,
-            Dtype::Uint32 | Dtype::Int32 | Dtype::Float32 => 4,
-            Dtype::Uint64 | Dtype::Int64 | Dtype::Float64 | Dtype::Complex64 => 8,
-        }
-    }
-
     /// The type safetensors names `name` (`F32`, `BF16`, ...), if MLX has it.
     pub fn from_safetensors_name(name: &str) -> Option<Dtype> {
         ALL.into_iter().find(|d| d.safetensors_name() == name)

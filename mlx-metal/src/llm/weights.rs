@@ -494,7 +494,7 @@ impl Weights {
                 "tensor `{name}` changed after loading; it cannot be read in part"
             )));
         }
-        let elem = src.dtype.size_in_bytes() as u64;
+        let elem = src.dtype.size() as u64;
         let (rows, cols) = match shape {
             [n] => (1u64, *n as u64),
             [r, c] => (*r as u64, *c as u64),
