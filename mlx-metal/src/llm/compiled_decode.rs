@@ -18,7 +18,7 @@
 //! through a mask over every slot may cost more than it saves).
 
 use crate::llm::models::Architecture;
-use crate::nn::cache::KvCache;
+use crate::nn::cache::{grow_fixed, Kv, KvCache};
 use crate::{compile_borrowing, Array, CompiledBorrowing, Error, Result};
 
 /// Positions the fixed caches grow by (each growth traces the step again).
@@ -53,8 +53,8 @@ impl DecodeMode {
 /// A sequence's decode steps through one compiled graph.
 pub struct CompiledDecode<'a> {
     step: CompiledBorrowing<'a>,
-    /// Keys then values of every layer, in layer order.
-    buffers: Vec<Array>,
+    /// Keys and values of every layer, in layer order.
+    buffers: Vec<Kv>,
     windows: Vec<Option<i32>>,
     /// Tokens processed (the next one goes to this position).
     offset: i32,
@@ -73,12 +73,10 @@ impl<'a> CompiledDecode<'a> {
             .ok_or_else(|| Error::InvalidArgument("no single-sequence cache to decode".into()))?;
         let capacity = round_up(offset + 1, GROW);
         let windows: Vec<Option<i32>> = caches.iter().map(KvCache::window).collect();
-        let mut buffers = Vec::with_capacity(2 * caches.len());
-        for cache in caches {
-            let (k, v) = cache.into_fixed(capacity)?;
-            buffers.push(k);
-            buffers.push(v);
-        }
+        let buffers = caches
+            .into_iter()
+            .map(|cache| cache.into_fixed(capacity))
+            .collect::<Result<Vec<Kv>>>()?;
         let traced_windows = windows.clone();
         // Inputs: the token `[1, 1]`, the position (int32 scalar), then the
         // buffers; outputs: the logits `[1, vocab]`, then the new buffers.
@@ -113,11 +111,11 @@ impl<'a> CompiledDecode<'a> {
         if self.offset >= self.capacity {
             self.grow()?;
         }
-        let mut inputs = Vec::with_capacity(2 + self.buffers.len());
+        let mut inputs = Vec::with_capacity(2 + 2 * self.buffers.len());
         inputs.push(token.reshape(&[1, 1])?);
         inputs.push(Array::scalar(self.offset));
-        inputs.append(&mut self.buffers);
-        let mut out = self.step.call(&inputs)?;
+        inputs.extend(self.buffers.drain(..).flat_map(|(k, v)| [k, v]));
+        let out = self.step.call(&inputs)?;
         drop(inputs);
         if out.len() != 1 + self.windows.len() * 2 {
             return Err(Error::Closure(format!(
@@ -126,9 +124,13 @@ impl<'a> CompiledDecode<'a> {
                 self.windows.len()
             )));
         }
-        self.buffers = out.split_off(1);
+        let mut out = out.into_iter();
+        let logits = out.next().expect("checked above");
+        while let (Some(k), Some(v)) = (out.next(), out.next()) {
+            self.buffers.push((k, v));
+        }
         self.offset += 1;
-        Ok(out.pop().expect("checked above"))
+        Ok(logits)
     }
 
     /// Tokens processed so far.
@@ -140,17 +142,8 @@ impl<'a> CompiledDecode<'a> {
     /// window buffers still shorter than their window).
     fn grow(&mut self) -> Result<()> {
         let capacity = self.capacity + GROW;
-        for (layer, window) in self.windows.iter().enumerate() {
-            let slots = window.map_or(capacity, |w| w.min(capacity));
-            for buffer in &mut self.buffers[2 * layer..2 * layer + 2] {
-                let shape = buffer.shape();
-                let more = slots - shape[2];
-                if more > 0 {
-                    let empty =
-                        Array::zeros(&[shape[0], shape[1], more, shape[3]], buffer.dtype())?;
-                    *buffer = Array::concatenate(&[buffer, &empty], 2)?;
-                }
-            }
+        for (kv, window) in self.buffers.iter_mut().zip(&self.windows) {
+            *kv = grow_fixed(kv.clone(), *window, capacity)?;
         }
         self.capacity = capacity;
         Ok(())

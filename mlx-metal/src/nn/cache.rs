@@ -182,7 +182,7 @@ impl KvCache {
                 offset
             )));
         }
-        let slots = window.map_or(capacity, |w| w.min(capacity));
+        let slots = fixed_slots(window, capacity);
         let Some(kv) = kv else {
             return Err(Error::InvalidArgument(
                 "an empty cache has no shape to lay out (run the prompt first)".into(),
@@ -202,7 +202,7 @@ impl KvCache {
             }
         } else {
             // Positions 0..held at their own slots.
-            grow(Some(kv.clone()), &kv.0, &kv.1, slots - held)?
+            grow_fixed(kv, window, capacity)?
         };
         Ok(kv)
     }
@@ -214,6 +214,24 @@ impl KvCache {
             _ => Err(Error::InvalidArgument("not a fixed cache".into())),
         }
     }
+}
+
+/// The slots of a fixed cache of `capacity` positions for a layer with
+/// sliding window `window` (`None`: full attention).
+pub fn fixed_slots(window: Option<i32>, capacity: i32) -> i32 {
+    window.map_or(capacity, |w| w.min(capacity))
+}
+
+/// A fixed cache's keys and values (or a single-sequence cache's first
+/// positions) with empty slots appended up to [`fixed_slots`]`(window,
+/// capacity)`; unchanged when they have as many already.
+pub fn grow_fixed(kv: Kv, window: Option<i32>, capacity: i32) -> Result<Kv> {
+    let more = fixed_slots(window, capacity) - kv.0.dim(2)?;
+    if more <= 0 {
+        return Ok(kv);
+    }
+    let (k, v) = kv.clone();
+    grow(Some(kv), &k, &v, more)
 }
 
 /// A cache of fixed size whose write position is an int32 scalar array
