@@ -592,6 +592,8 @@ impl<'m> BatchGeneration<'m> {
             self.waiting.clear();
             return Ok(());
         }
+        // The rows that go on, when some ended.
+        let mut kept = None;
         if keep.len() != self.rows.len() {
             self.rows.retain(|(_, row)| row.reason.is_none());
             if self.rows.is_empty() {
@@ -608,13 +610,16 @@ impl<'m> BatchGeneration<'m> {
                         Ok::<_, Error>((next.take(&idx, 0)?, check.take(&idx, 0)?))
                     })
                     .transpose()?;
+                kept = Some(idx);
             }
         }
         if following.is_none() {
             if let Some(b) = &mut self.batch {
-                let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
-                let kept = tokens.take(&Array::from_vec(&idx)?, 0)?;
-                following = Some(Self::start_step(b, &mut self.sampler, &kept)?);
+                let inputs = match &kept {
+                    Some(idx) => tokens.take(idx, 0)?,
+                    None => tokens,
+                };
+                following = Some(Self::start_step(b, &mut self.sampler, &inputs)?);
             }
         }
         if let Some((next, check)) = following {
