@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use test_support::{fixture_models, fixtures, ids, output_with_stdin, reference};
+use test_support::{fixture_models, fixtures, ids, reference};
 
 fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlx-infer"));
@@ -18,16 +18,7 @@ fn cli() -> Command {
 
 /// Runs the CLI with `input` on stdin: (exit code, stdout JSON lines, stderr).
 fn run(args: &[&str], model: &Path, input: &str) -> (i32, Vec<Value>, String) {
-    let out = output_with_stdin(cli().args(args).arg("--model").arg(model), input.as_bytes());
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    test_support::run_json(cli().args(args).arg("--model").arg(model), input.as_bytes())
 }
 
 /// The raw prompt and the chat of a fixture as input lines.

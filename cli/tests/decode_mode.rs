@@ -23,17 +23,7 @@ fn generate(model: &std::path::Path, prompt: &str, mode: &str) -> (i32, Vec<Valu
         .arg("--model")
         .arg(model)
         .args(["--prompt", prompt]);
-    let out = test_support::output_with_stdin(&mut cmd, b"");
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    test_support::run_json(&mut cmd, b"")
 }
 
 #[test]

@@ -117,10 +117,7 @@ fn models_lists_the_default_model_and_the_ollama_store() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        test_support::json_lines(&out.stdout)
     };
     let listed = run(&[]);
     let default = listed

@@ -286,10 +286,8 @@ fn indexed_lines(args: &[&str], stdin: &str) -> Vec<Value> {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    test_support::json_lines(&out.stdout)
+        .into_iter()
         .filter(|v| v.get("index").is_some())
         .collect()
 }

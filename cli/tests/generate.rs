@@ -19,17 +19,7 @@ fn cli() -> Command {
 
 /// Runs the CLI; returns (exit code, stdout JSON lines, stderr).
 fn run_json(cmd: &mut Command, stdin: Option<&str>) -> (i32, Vec<Value>, String) {
-    let out = test_support::output_with_stdin(cmd, stdin.unwrap_or("").as_bytes());
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    test_support::run_json(cmd, stdin.unwrap_or("").as_bytes())
 }
 
 fn token_ids(lines: &[Value]) -> Vec<u64> {

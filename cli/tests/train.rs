@@ -45,10 +45,7 @@ fn output(cmd: &mut Command) -> (i32, String, String) {
 }
 
 fn json_lines(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
-        .collect()
+    test_support::json_lines(stdout.as_bytes())
 }
 
 /// Runs `mlx-infer train` with small defaults; `extra` adds flags or

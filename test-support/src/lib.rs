@@ -67,6 +67,26 @@ pub fn output_with_stdin(cmd: &mut std::process::Command, stdin: &[u8]) -> std::
     child.wait_with_output().unwrap()
 }
 
+/// Each line of `stdout` as JSON; a line that is not JSON fails the test,
+/// naming it.
+pub fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// Runs `cmd` with `stdin` piped in: its exit code (-1 when killed by a
+/// signal), its standard output's JSON lines and its standard error.
+pub fn run_json(cmd: &mut std::process::Command, stdin: &[u8]) -> (i32, Vec<Value>, String) {
+    let out = output_with_stdin(cmd, stdin);
+    (
+        out.status.code().unwrap_or(-1),
+        json_lines(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A fresh path under the system's temporary folder whose name holds
 /// `name`, this process id and a number no other scratch path of this
 /// process has.

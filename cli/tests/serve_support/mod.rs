@@ -344,10 +344,8 @@ pub fn cli_text(model: &Path, chat: bool, input: &str, max_tokens: usize) -> Str
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    test_support::json_lines(&out.stdout)
+        .iter()
         .filter_map(|v| v.get("text").and_then(Value::as_str).map(str::to_string))
         .collect()
 }
