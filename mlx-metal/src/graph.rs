@@ -52,6 +52,18 @@ pub fn print_graph(outputs: &[&Array]) -> Result<String> {
     })
 }
 
+/// How many operations [`print_graph`] lists for `outputs`, and how many
+/// of them are fused kernels (MLX `Compiled` nodes).
+pub fn operation_totals(outputs: &[&Array]) -> Result<(usize, usize)> {
+    let ops = count_operations(outputs)?;
+    let fused = ops
+        .iter()
+        .filter(|(k, _)| k.starts_with("Compiled"))
+        .map(|(_, n)| n)
+        .sum();
+    Ok((ops.values().sum(), fused))
+}
+
 /// How many operations of each kind [`print_graph`] lists for `outputs`.
 pub fn count_operations(outputs: &[&Array]) -> Result<BTreeMap<String, usize>> {
     let text = print_graph(outputs)?;

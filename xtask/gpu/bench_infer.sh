@@ -20,7 +20,8 @@
 #           source .cuda/b/mlx-cuda-carry.sh install .cuda/b && \
 #           OUT=$OUT bash xtask/gpu/bench_infer.sh .gpu-bin .gpu-wheels .gpu-tok [PARTS]
 #
-# PARTS (default "decode serve classify batch") picks what runs. Models are
+# PARTS (default "decode serve classify batch"; "ops" times the pieces of
+# the classification forward) picks what runs. Models are
 # made on the device with random weights by mlx_lm's own classes: a
 # Qwen3-0.6B-shaped bfloat16 model (decode, serve; tokenizer of the carried
 # fixtures/qwen3) and a Gemma3-1B-shaped one (classify, batch; SmolLM2's
@@ -149,6 +150,12 @@ for i in range(3):
 PY
 fi
 
+if [[ " $parts " == *" ops "* ]]; then
+  # The classification forward's pieces at its shape (512 rows of 18).
+  need_gemma
+  python3 xtask/gpu/classify_ops.py $gemma 512 18
+fi
+
 if [[ " $parts " == *" batch "* ]]; then
   need_gemma
   "$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 8 --batch-size 32 --json 2> /dev/null | tail -1 > /dev/null
@@ -158,7 +165,11 @@ if [[ " $parts " == *" batch "* ]]; then
   for r in 1 2 3; do
     python3 xtask/python/bench_batch.py $gemma batch /tmp/s256.txt 32 128 $r 2> /dev/null | sed 's/^/batch mlx_lm /'
     for side in $sides; do
-      $bin/$side batch --model $gemma --input /tmp/s256.txt --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 | sed "s/^/batch $side /"
+      prof=/dev/null
+      [ $side = mlx-infer ] && prof=$out/batch-prof.txt
+      MLX_INFER_STEP_PROFILE=$prof $bin/$side batch --model $gemma --input /tmp/s256.txt --max-tokens 128 \
+        --batch-size 32 --json 2> /dev/null | tail -1 | sed "s/^/batch $side /"
     done
   done
+  summarise $out/batch-prof.txt
 fi

@@ -6,6 +6,7 @@
 //! give each row its positions and mask.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use inference::{
     BatchEvent, BatchOptions, Classification, ClassifyOptions, Completion, GenerateOptions,
@@ -14,6 +15,7 @@ use inference::{
 
 use crate::llm::generate::{finite_witness, sampler_settings, PREFILL_STEP};
 use crate::llm::models::Architecture;
+use crate::llm::profile;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
 use crate::nn::cache::KvCache;
@@ -533,13 +535,21 @@ impl<'m> BatchGeneration<'m> {
         // the tokens about to be read.
         let max = self.opts.max_tokens;
         let ahead = !self.model.spread() && self.rows.iter().any(|(_, r)| r.ids.len() + 1 < max);
+        let begun = Instant::now();
+        let mut t = begun;
+        let rows = self.rows.len();
         let mut following = match &mut self.batch {
-            Some(b) if !cancelled && ahead => {
-                Some(Self::start_step(b, &mut self.sampler, &tokens)?)
-            }
+            Some(b) if !cancelled && ahead => Some(Self::start_step(
+                b,
+                &mut self.sampler,
+                &tokens,
+                self.generated,
+            )?),
             _ => None,
         };
+        let mut start = profile::lap(&mut t);
         let ids = tokens.to_vec::<u32>()?;
+        let wait = profile::lap(&mut t);
         if let Some(check) = check {
             let sums = check.to_vec::<f32>()?;
             if let Some(r) = sums.iter().position(|s| !s.is_finite()) {
@@ -619,9 +629,20 @@ impl<'m> BatchGeneration<'m> {
                     Some(idx) => tokens.take(idx, 0)?,
                     None => tokens,
                 };
-                following = Some(Self::start_step(b, &mut self.sampler, &inputs)?);
+                t = Instant::now();
+                following = Some(Self::start_step(
+                    b,
+                    &mut self.sampler,
+                    &inputs,
+                    self.generated,
+                )?);
+                start += profile::lap(&mut t);
             }
         }
+        let host = begun.elapsed().as_micros().saturating_sub(start + wait);
+        profile::record(|| {
+            format!("batch rows={rows} start_us={start} wait_us={wait} host_us={host}")
+        });
         if let Some((next, check)) = following {
             self.next = Some(next);
             self.check = Some(check);
@@ -638,18 +659,30 @@ impl<'m> BatchGeneration<'m> {
 
     /// Builds and starts the decode step of `batch` that reads `tokens`
     /// (`[rows]`): its sampled tokens and their logits' finiteness witness.
+    /// `generated` (tokens so far) picks the step whose graph the step
+    /// profile lists.
     fn start_step(
         batch: &mut Batch<'_>,
         sampler: &mut Sampler,
         tokens: &Array,
+        generated: usize,
     ) -> Result<(Array, Array)> {
+        let mut t = Instant::now();
         let logits = batch.step(&tokens.astype(Dtype::Int32)?)?;
         let check = finite_witness(&logits, &[-1])?;
         let next = sampler.sample(logits, None)?;
+        let build = profile::lap(&mut t);
+        if generated == 2 * batch.rows() && profile::enabled() {
+            let (total, fused) = crate::graph::operation_totals(&[&next, &check])?;
+            profile::record(|| format!("batch-graph ops={total} fused={fused}"));
+            t = Instant::now();
+        }
         let mut state = batch.state();
         state.push(&next);
         state.push(&check);
         async_eval(&state)?;
+        let launch = profile::lap(&mut t);
+        profile::record(|| format!("batch-step build_us={build} launch_us={launch}"));
         Ok((next, check))
     }
 

@@ -311,13 +311,7 @@ impl<'a> Generation<'a> {
         if self.timing.generated == 2 && profile::enabled() {
             // What one steady step is made of (listing it takes time, so
             // once, and outside the timed parts).
-            let ops = crate::graph::count_operations(&[&step.token])?;
-            let total: usize = ops.values().sum();
-            let fused = ops
-                .iter()
-                .filter(|(k, _)| k.starts_with("Compiled"))
-                .map(|(_, n)| n)
-                .sum::<usize>();
+            let (total, fused) = crate::graph::operation_totals(&[&step.token])?;
             let mode = match self.stepper.compiled {
                 Some(_) => "compiled",
                 None => "eager",

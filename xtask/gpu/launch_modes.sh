@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# How MLX's CUDA backend submits kernels, swept over the settings it reads
+# (MLX_USE_CUDA_GRAPHS, MLX_MAX_OPS_PER_BUFFER), for mlx_lm and mlx-infer
+# alike: single-stream decode (Qwen3-0.6B-shaped), batched decode at 32
+# rows (Gemma3-1B-shaped) and, last, the server at 32 streams. Run on the
+# device after `mlx-cuda-carry.sh install`, like bench_infer.sh:
+#   OUT=$OUT bash xtask/gpu/launch_modes.sh .gpu-bin .devbench/wheels .devbench/tok
+# Each setting is one line of `NAME VAR=VALUE...`; "default" sets nothing.
+set -uo pipefail
+bin=$(cd "${1:?BIN_DIR}" && pwd)
+wheels=${2:?WHEELS_DIR}
+tok=${3:?TOK_DIR}
+out=${OUT:-/tmp}
+export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+mi=$bin/mlx-infer
+# QWEN_MODEL / GEMMA_MODEL: other model directories (the fixtures, to try
+# the script on a CPU).
+qwen=${QWEN_MODEL:-/tmp/bench-qwen3-0.6b-bf16}
+gemma=${GEMMA_MODEL:-/tmp/bench-gemma3-1b-bf16}
+[ -d $qwen ] || python3 xtask/python/make_bench_model.py fixtures/qwen3 $qwen > /dev/null
+[ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "$tok" $gemma > /dev/null
+python3 - <<'PY'
+S = ["The old farmer", "A young engineer", "My neighbour's cat", "The city council",
+     "Our small team", "The quiet student", "A travelling musician", "The new manager"]
+V = ["carefully repaired", "quickly forgot", "proudly presented", "slowly painted",
+     "happily shared", "angrily rejected", "finally finished", "secretly admired"]
+O = ["the broken wooden fence", "a long report about rivers", "the red kite on the hill",
+     "an old map of the harbour", "the results of the spring survey",
+     "a plan for the village library", "the recipe for apple bread", "the lights in the hall"]
+E = ["before the rain began.", "after a very long day.", "in front of everyone.",
+     "without saying a word.", "on a cold Monday morning.", "while the others slept."]
+s = [f"{S[i % 8]} {V[(i // 8) % 8]} {O[(i // 64 + i) % 8]} {E[(i // 3) % 6]}" for i in range(4096)]
+open("/tmp/s256.txt", "w").write("\n".join(s[:256]) + "\n")
+open("/tmp/s4k.txt", "w").write("\n".join(s) + "\n")
+open("/tmp/s16k.txt", "w").write("\n".join(s * 4) + "\n")
+PY
+settings=${SETTINGS:-"default
+graphs0 MLX_USE_CUDA_GRAPHS=0
+ops100 MLX_MAX_OPS_PER_BUFFER=100 MLX_MAX_MB_PER_BUFFER=1000"}
+prompt=$(python3 -c 'print("The quick brown fox jumps over the lazy dog. " * 20)')
+
+# Warm-up: every kernel both sides use, compiled once.
+echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
+echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 8 1 model > /dev/null 2>&1
+"$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 4 --batch-size 32 --json > /dev/null 2>&1
+
+for r in 1 2; do
+  while read -r name vars; do
+    d=$(echo "$prompt" | env $vars python3 xtask/python/bench_mlx_lm.py $qwen 128 5 model 2> /dev/null |
+      python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')
+    m=$(echo "$prompt" | env $vars MLX_INFER_STEP_PROFILE=$out/decode-$name.txt "$mi" bench --model $qwen \
+      --max-tokens 128 --runs 5 2> /dev/null |
+      python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')
+    echo "decode $name round $r mlx_lm $d mlx-infer $m"
+  done <<< "$settings"
+done
+while read -r name vars; do
+  d=$(env $vars python3 xtask/python/bench_batch.py $gemma batch /tmp/s256.txt 32 128 1 2> /dev/null |
+    python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["generation_tps"]))')
+  m=$(env $vars MLX_INFER_STEP_PROFILE=$out/batch-$name.txt "$mi" batch --model $gemma --input /tmp/s256.txt \
+    --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 |
+    python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["generation_tps"]))')
+  echo "batch $name mlx_lm $d mlx-infer $m"
+done <<< "$settings"
+python3 - $out/decode-*.txt $out/batch-*.txt <<'PY'
+import statistics, sys
+for path in sys.argv[1:]:
+    rows = {}
+    for line in open(path):
+        kind, *pairs = line.split()
+        if pairs and "=" in pairs[0]:
+            for k, v in (p.split("=") for p in pairs):
+                if k != "pid":
+                    rows.setdefault((kind, k), []).append(float(v))
+    print(path.split("/")[-1], " ".join(f"{kind}.{k}={statistics.median(v):.0f}" for (kind, k), v in sorted(rows.items())))
+PY
+
+# The server at 32 streams, per setting (each side restarted per setting).
+if ! python3 -c 'import openai' 2> /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oai "$wheels"/*.whl
+  export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
+fi
+up() {
+  for _ in $(seq 240); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$1/v1/models', timeout=2)" \
+      2> /dev/null && return
+    sleep 0.5
+  done
+}
+serve_settings=$(echo "$settings" | head -n ${SERVE_SETTINGS:-2})
+while read -r name vars; do
+  env $vars "$mi" serve --port 8101 --max-batch 32 --model $qwen 2> /dev/null &
+  a=$!
+  env $vars python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
+  b=$!
+  up 8101
+  up 8102
+  for r in warm 1 2; do
+    for side in "mlx_lm 8102 $qwen" "mlx-infer 8101 default"; do
+      set -- $side
+      res=$(python3 xtask/python/bench_serve.py http://127.0.0.1:$2/v1 $3 32 64 64 2>&1 | tail -1)
+      [ $r = warm ] || echo "serve $name $1 $res"
+    done
+  done
+  kill $a $b 2> /dev/null
+  wait $a $b 2> /dev/null
+done <<< "$serve_settings"
+
+# Classification (default settings): 4096 and 16,384 sentences, each a
+# fresh process; the steady rate is the extra 12,288 over the extra time.
+"$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json > /dev/null 2>&1
+for r in 1 2; do
+  a=$("$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json 2> /dev/null | tail -1)
+  b=$("$mi" classify --model $gemma --input /tmp/s16k.txt --batch-size 512 --json 2> /dev/null | tail -1)
+  python3 -c "import json,sys; a,b=(json.loads(x)['inputs_per_s'] for x in sys.argv[1:]); \
+print(f'classify 4096 {a:.0f}/s 16384 {b:.0f}/s steady {12288/(16384/b-4096/a):.0f}/s')" "$a" "$b"
+done
+python3 xtask/gpu/classify_ops.py $gemma 512 18
