@@ -86,8 +86,20 @@ fn read_inputs(
     Ok(inputs::read(path, skip_invalid)?.inputs)
 }
 
-/// Inputs per call of `classify`, so the progress bar moves.
-const CLASSIFY_CHUNK: usize = 4096;
+/// Inputs per call of `classify`: the first call's size, then about
+/// [`CHUNK_SECONDS`] of work at the rate measured so far, within these
+/// bounds. Each call ends with the device idle while its last batch is
+/// read and its results written, so a fast device gets long calls; the
+/// progress bar moves between them.
+const CLASSIFY_CHUNK: std::ops::RangeInclusive<usize> = 1024..=65536;
+/// Seconds of work per call of `classify` once the rate is known.
+const CHUNK_SECONDS: f64 = 2.0;
+
+/// The next call's size after `done` inputs took `seconds`.
+fn next_chunk(done: usize, seconds: f64) -> usize {
+    let rate = done as f64 / seconds.max(1e-3);
+    ((rate * CHUNK_SECONDS) as usize).clamp(*CLASSIFY_CHUNK.start(), *CLASSIFY_CHUNK.end())
+}
 
 fn progress(total: usize) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -126,7 +138,13 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (mut prompt_tokens, mut peak) = (0usize, 0u64);
-    for chunk in parsed.chunks(CLASSIFY_CHUNK) {
+    // Ranks of a distributed launch classify in step: their calls keep
+    // one size rather than each following its own clock.
+    let spread = args.distributed.is_spread();
+    let (mut from, mut size) = (0, *CLASSIFY_CHUNK.start());
+    while from < parsed.len() {
+        let chunk = &parsed[from..(from + size).min(parsed.len())];
+        from += chunk.len();
         let batch: Vec<inference::Input> = chunk.iter().map(|(_, i)| i.clone()).collect();
         let results = model.classify(&batch, &opts)?;
         if follower {
@@ -169,6 +187,9 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
         }
         out.flush()?;
         bar.inc(chunk.len() as u64);
+        if !spread {
+            size = next_chunk(from, started.elapsed().as_secs_f64());
+        }
     }
     bar.finish_and_clear();
     if follower {
@@ -285,4 +306,21 @@ pub fn batch(args: BatchArgs) -> Result<i32> {
         );
     }
     Ok(if cancelled { INTERRUPTED } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_calls_last_about_two_seconds_within_bounds() {
+        // 3,000 inputs a second: the next call takes 6,000.
+        assert_eq!(next_chunk(3000, 1.0), 6000);
+        // A slow machine still classifies a thousand at a time; a fast one
+        // at most 65,536.
+        assert_eq!(next_chunk(10, 5.0), 1024);
+        assert_eq!(next_chunk(1_000_000, 1.0), 65536);
+        // No time measured yet is no division by zero.
+        assert_eq!(next_chunk(1024, 0.0), 65536);
+    }
 }

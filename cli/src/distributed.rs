@@ -36,6 +36,11 @@ impl DistributedArgs {
         Ok(Some(d))
     }
 
+    /// Whether the model is spread over the ranks of a launch.
+    pub fn is_spread(&self) -> bool {
+        self.distributed.is_some()
+    }
+
     /// True on the ranks of a distributed run other than rank 0: they get
     /// their input from rank 0 and print nothing. The rank is the one MLX's
     /// group gives this process (joining it now), whatever launched it. A

@@ -238,6 +238,12 @@ impl NativeModel {
     /// with the generation prompt, encoded without adding special tokens
     /// again.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.tokenizer.encode(&self.chat_text(messages)?, false)
+    }
+
+    /// The chat template rendered for `messages`, with the generation
+    /// prompt.
+    fn chat_text(&self, messages: &[Message]) -> Result<String> {
         let template = self.template.as_ref().ok_or_else(|| Error::File {
             path: self.info.path.join("tokenizer_config.json"),
             message: "this model has no chat template (no `chat_template` in tokenizer_config.json and no chat_template.jinja)".into(),
@@ -249,24 +255,26 @@ impl NativeModel {
                 content: &m.content,
             })
             .collect();
-        let text = template.render(
+        template.render(
             &msgs,
             self.tokenizer.bos_token(),
             self.tokenizer.eos_token(),
-        )?;
-        self.tokenizer.encode(&text, false)
+        )
     }
 
     /// The prompt ids of each input (raw prompts as `generate` encodes
-    /// them, conversations through the chat template).
+    /// them, conversations through the chat template), encoded on all
+    /// cores: many short inputs (classification) would otherwise keep the
+    /// device waiting on one.
     pub fn encode_inputs(&self, inputs: &[Input]) -> Result<Vec<Vec<u32>>> {
-        inputs
+        let texts: Vec<(std::borrow::Cow<'_, str>, bool)> = inputs
             .iter()
             .map(|input| match input {
-                Input::Prompt(p) => self.tokenizer.encode_prompt(p),
-                Input::Chat(m) => self.chat_prompt(m),
+                Input::Prompt(p) => Ok((p.as_str().into(), self.tokenizer.adds_special(p))),
+                Input::Chat(m) => Ok((self.chat_text(m)?.into(), false)),
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        self.tokenizer.encode_all(&texts)
     }
 
     fn stream(&mut self, prompt: Result<Vec<u32>>, opts: &GenerateOptions) -> TokenStream<'_> {

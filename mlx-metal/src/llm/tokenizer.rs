@@ -157,11 +157,26 @@ impl Tokenizer {
     /// A raw prompt as mlx_lm encodes it: special tokens added unless the
     /// prompt already starts with the BOS token.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        let add = match &self.bos_token {
+        self.encode(prompt, self.adds_special(prompt))
+    }
+
+    /// Whether [`encode_prompt`](Self::encode_prompt) adds special tokens
+    /// to `prompt`: unless it already starts with the BOS token.
+    pub fn adds_special(&self, prompt: &str) -> bool {
+        match &self.bos_token {
             Some(bos) => !prompt.starts_with(bos.as_str()),
             None => true,
-        };
-        self.encode(prompt, add)
+        }
+    }
+
+    /// [`encode`](Self::encode) of each `(text, add_special)`, spread over
+    /// the machine's cores; ids in the order of `texts`.
+    pub fn encode_all<S: AsRef<str> + Sync>(&self, texts: &[(S, bool)]) -> Result<Vec<Vec<u32>>> {
+        use rayon::prelude::*;
+        texts
+            .par_iter()
+            .map(|(text, add)| self.encode(text.as_ref(), *add))
+            .collect()
     }
 
     /// Text of `ids`, special tokens included (as Hugging Face's `decode`).
