@@ -2,7 +2,9 @@
 # How MLX's CUDA backend submits kernels, swept over the settings it reads
 # (MLX_USE_CUDA_GRAPHS, MLX_MAX_OPS_PER_BUFFER), for mlx_lm and mlx-infer
 # alike: single-stream decode (Qwen3-0.6B-shaped), batched decode at 32
-# rows (Gemma3-1B-shaped) and, last, the server at 32 streams. Run on the
+# rows (Gemma3-1B-shaped), the server at 32 streams, then classification
+# and its forward's pieces; a previous build carried as mlx-infer-old is
+# timed beside the decode under the default setting. Run on the
 # device after `mlx-cuda-carry.sh install`, like bench_infer.sh:
 #   OUT=$OUT bash xtask/gpu/launch_modes.sh .gpu-bin .devbench/wheels .devbench/tok
 # Each setting is one line of `NAME VAR=VALUE...`; "default" sets nothing.
@@ -51,7 +53,12 @@ for r in 1 2; do
     m=$(echo "$prompt" | env $vars MLX_INFER_STEP_PROFILE=$out/decode-$name.txt "$mi" bench --model $qwen \
       --max-tokens 128 --runs 5 2> /dev/null |
       python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')
-    echo "decode $name round $r mlx_lm $d mlx-infer $m"
+    o=
+    if [ $name = default ] && [ -x $bin/mlx-infer-old ]; then
+      o=" mlx-infer-old $(echo "$prompt" | "$bin/mlx-infer-old" bench --model $qwen --max-tokens 128 --runs 5 2> /dev/null |
+        python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')"
+    fi
+    echo "decode $name round $r mlx_lm $d mlx-infer $m$o"
   done <<< "$settings"
 done
 while read -r name vars; do
