@@ -8,6 +8,8 @@
 # device after `mlx-cuda-carry.sh install`, like bench_infer.sh:
 #   OUT=$OUT bash xtask/gpu/launch_modes.sh .gpu-bin .devbench/wheels .devbench/tok
 # Each setting is one line of `NAME VAR=VALUE...`; "default" sets nothing.
+# SERVE_SETTINGS: how many of them the server runs under (2);
+# CLASSIFY_ROUNDS (2); SKIP_OPS=1 leaves classify_ops.py out.
 set -uo pipefail
 bin=$(cd "${1:?BIN_DIR}" && pwd)
 wheels=${2:?WHEELS_DIR}
@@ -116,10 +118,10 @@ done <<< "$serve_settings"
 # Classification (default settings): 4096 and 16,384 sentences, each a
 # fresh process; the steady rate is the extra 12,288 over the extra time.
 "$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json > /dev/null 2>&1
-for r in 1 2; do
+for r in $(seq ${CLASSIFY_ROUNDS:-2}); do
   a=$("$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json 2> /dev/null | tail -1)
   b=$("$mi" classify --model $gemma --input /tmp/s16k.txt --batch-size 512 --json 2> /dev/null | tail -1)
   python3 -c "import json,sys; a,b=(json.loads(x)['inputs_per_s'] for x in sys.argv[1:]); \
 print(f'classify 4096 {a:.0f}/s 16384 {b:.0f}/s steady {12288/(16384/b-4096/a):.0f}/s')" "$a" "$b"
 done
-python3 xtask/gpu/classify_ops.py $gemma 512 18
+[ -n "${SKIP_OPS:-}" ] || python3 xtask/gpu/classify_ops.py $gemma 512 18
