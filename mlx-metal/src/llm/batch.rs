@@ -674,6 +674,8 @@ impl<'m> BatchGeneration<'m> {
         let build = profile::lap(&mut t);
         if generated == 2 * batch.rows() && profile::enabled() {
             let (total, fused) = crate::graph::operation_totals(&[&next, &check])?;
+            let kinds = crate::graph::operation_kinds(&[&next, &check])?;
+            profile::record(|| format!("batch-graph-kinds {kinds}"));
             profile::record(|| format!("batch-graph ops={total} fused={fused}"));
             t = Instant::now();
         }

@@ -312,13 +312,8 @@ impl<'a> Generation<'a> {
             // What one steady step is made of (listing it takes time, so
             // once, and outside the timed parts).
             let (total, fused) = crate::graph::operation_totals(&[&step.token])?;
-            let kinds = crate::graph::count_operations(&[&step.token])?;
-            profile::record(|| {
-                let mut kinds: Vec<_> = kinds.iter().collect();
-                kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-                let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}:{n}")).collect();
-                format!("decode-graph-kinds {}", kinds.join(" "))
-            });
+            let kinds = crate::graph::operation_kinds(&[&step.token])?;
+            profile::record(|| format!("decode-graph-kinds {kinds}"));
             let mode = match self.stepper.compiled {
                 Some(_) => "compiled",
                 None => "eager",
