@@ -98,7 +98,7 @@ up() {
 }
 serve_settings=$(echo "$settings" | head -n ${SERVE_SETTINGS:-2})
 while read -r name vars; do
-  env $vars "$mi" serve --port 8101 --max-batch 32 --model $qwen 2> /dev/null &
+  env $vars MLX_INFER_STEP_PROFILE=/tmp/serve-$name.txt "$mi" serve --port 8101 --max-batch 32 --model $qwen 2> /dev/null &
   a=$!
   env $vars python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
   b=$!
@@ -114,6 +114,18 @@ while read -r name vars; do
   kill $a $b 2> /dev/null
   wait $a $b 2> /dev/null
 done <<< "$serve_settings"
+# The engine's steps: those that admitted requests apart from the others.
+python3 - /tmp/serve-*.txt <<'PY'
+import statistics, sys
+for path in sys.argv[1:]:
+    steps = [dict(p.split("=") for p in l.split()[1:]) for l in open(path) if l.startswith("engine ")]
+    for label, pick in (("admitting", lambda s: s["admitted"] != "0"), ("other", lambda s: s["admitted"] == "0")):
+        chosen = [s for s in steps if pick(s)]
+        if chosen:
+            print(path.split("/")[-1], label, len(chosen), " ".join(
+                f"{k}={statistics.median(float(s[k]) for s in chosen):.0f}/max{max(float(s[k]) for s in chosen):.0f}"
+                for k in ("rows", "admitted", "read_us", "remove_us", "decode_us", "admit_us")))
+PY
 
 # Classification (default settings): 4096 and 16,384 sentences, each a
 # fresh process; the steady rate is the extra 12,288 over the extra time.
