@@ -8,13 +8,15 @@
 # device after `mlx-cuda-carry.sh install`, like bench_infer.sh:
 #   OUT=$OUT bash xtask/gpu/launch_modes.sh .gpu-bin .devbench/wheels .devbench/tok
 # Each setting is one line of `NAME VAR=VALUE...`; "default" sets nothing.
-# SERVE_SETTINGS: how many of them the server runs under (2);
+# PARTS (default "decode batch serve classify") picks what runs and in
+# which order; SERVE_SETTINGS: how many settings the server runs under (2);
 # CLASSIFY_ROUNDS (2); SKIP_OPS=1 leaves classify_ops.py out.
 set -uo pipefail
 bin=$(cd "${1:?BIN_DIR}" && pwd)
 wheels=${2:?WHEELS_DIR}
 tok=${3:?TOK_DIR}
 out=${OUT:-/tmp}
+mkdir -p "$out"
 export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 mi=$bin/mlx-infer
 # QWEN_MODEL / GEMMA_MODEL: other model directories (the fixtures, to try
@@ -22,7 +24,11 @@ mi=$bin/mlx-infer
 qwen=${QWEN_MODEL:-/tmp/bench-qwen3-0.6b-bf16}
 gemma=${GEMMA_MODEL:-/tmp/bench-gemma3-1b-bf16}
 [ -d $qwen ] || python3 xtask/python/make_bench_model.py fixtures/qwen3 $qwen > /dev/null
-[ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "$tok" $gemma > /dev/null
+parts=${PARTS:-decode batch serve classify}
+has() { [[ " $parts " == *" $1 "* ]]; }
+if has batch || has classify; then
+  [ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "$tok" $gemma > /dev/null
+fi
 python3 - <<'PY'
 S = ["The old farmer", "A young engineer", "My neighbour's cat", "The city council",
      "Our small team", "The quiet student", "A travelling musician", "The new manager"]
@@ -42,80 +48,94 @@ settings=${SETTINGS:-"default
 graphs0 MLX_USE_CUDA_GRAPHS=0
 ops100 MLX_MAX_OPS_PER_BUFFER=100 MLX_MAX_MB_PER_BUFFER=1000"}
 prompt=$(python3 -c 'print("The quick brown fox jumps over the lazy dog. " * 20)')
-
-# Warm-up: every kernel both sides use, compiled once.
-echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
-echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 8 1 model > /dev/null 2>&1
-"$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 4 --batch-size 32 --json > /dev/null 2>&1
-
-for r in 1 2; do
-  while read -r name vars; do
-    d=$(echo "$prompt" | env $vars python3 xtask/python/bench_mlx_lm.py $qwen 128 5 model 2> /dev/null |
-      python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')
-    m=$(echo "$prompt" | env $vars MLX_INFER_STEP_PROFILE=$out/decode-$name.txt "$mi" bench --model $qwen \
-      --max-tokens 128 --runs 5 2> /dev/null |
-      python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')
-    o=
-    if [ $name = default ] && [ -x $bin/mlx-infer-old ]; then
-      o=" mlx-infer-old $(echo "$prompt" | "$bin/mlx-infer-old" bench --model $qwen --max-tokens 128 --runs 5 2> /dev/null |
-        python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin)))')"
-    fi
-    echo "decode $name round $r mlx_lm $d mlx-infer $m$o"
-  done <<< "$settings"
-done
-while read -r name vars; do
-  d=$(env $vars python3 xtask/python/bench_batch.py $gemma batch /tmp/s256.txt 32 128 1 2> /dev/null |
-    python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["generation_tps"]))')
-  m=$(env $vars MLX_INFER_STEP_PROFILE=$out/batch-$name.txt "$mi" batch --model $gemma --input /tmp/s256.txt \
-    --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 |
-    python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["generation_tps"]))')
-  echo "batch $name mlx_lm $d mlx-infer $m"
-done <<< "$settings"
-python3 - $out/decode-*.txt $out/batch-*.txt <<'PY'
+# Median generation_tps of the JSON lines on stdin.
+median_tps() {
+  python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin if l.startswith("{"))))'
+}
+# Medians of the step-profile fields in each file.
+profiles() {
+  python3 - "$@" <<'PY'
 import statistics, sys
 for path in sys.argv[1:]:
-    rows = {}
+    rows, kinds = {}, set()
     for line in open(path):
         kind, *pairs = line.split()
-        if pairs and "=" in pairs[0]:
+        if kind.endswith("-kinds"):
+            kinds.add(line.rsplit(" pid=", 1)[0])
+        elif pairs and "=" in pairs[0]:
             for k, v in (p.split("=") for p in pairs):
                 if k != "pid":
                     rows.setdefault((kind, k), []).append(float(v))
     print(path.split("/")[-1], " ".join(f"{kind}.{k}={statistics.median(v):.0f}" for (kind, k), v in sorted(rows.items())))
+    for k in sorted(kinds):
+        print(path.split("/")[-1], k)
 PY
-
-# The server at 32 streams, per setting (each side restarted per setting).
-if ! python3 -c 'import openai' 2> /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/oai "$wheels"/*.whl
-  export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
-fi
-up() {
-  for _ in $(seq 240); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$1/v1/models', timeout=2)" \
-      2> /dev/null && return
-    sleep 0.5
-  done
 }
-serve_settings=$(echo "$settings" | head -n ${SERVE_SETTINGS:-2})
-while read -r name vars; do
-  env $vars MLX_INFER_STEP_PROFILE=/tmp/serve-$name.txt "$mi" serve --port 8101 --max-batch 32 --model $qwen 2> /dev/null &
-  a=$!
-  env $vars python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
-  b=$!
-  up 8101
-  up 8102
-  for r in warm 1 2; do
-    for side in "mlx_lm 8102 $qwen" "mlx-infer 8101 default"; do
-      set -- $side
-      res=$(python3 xtask/python/bench_serve.py http://127.0.0.1:$2/v1 $3 32 64 64 2>&1 | tail -1)
-      [ $r = warm ] || echo "serve $name $1 $res"
-    done
+
+decode() {
+  echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
+  echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 8 1 model > /dev/null 2>&1
+  for r in 1 2; do
+    while read -r name vars; do
+      d=$(echo "$prompt" | env $vars python3 xtask/python/bench_mlx_lm.py $qwen 128 5 model 2> /dev/null | median_tps)
+      m=$(echo "$prompt" | env $vars MLX_INFER_STEP_PROFILE=$out/decode-$name.txt "$mi" bench --model $qwen \
+        --max-tokens 128 --runs 5 2> /dev/null | median_tps)
+      o=
+      if [ $name = default ] && [ -x $bin/mlx-infer-old ]; then
+        o=" mlx-infer-old $(echo "$prompt" | "$bin/mlx-infer-old" bench --model $qwen --max-tokens 128 --runs 5 \
+          2> /dev/null | median_tps)"
+      fi
+      echo "decode $name round $r mlx_lm $d mlx-infer $m$o"
+    done <<< "$settings"
   done
-  kill $a $b 2> /dev/null
-  wait $a $b 2> /dev/null
-done <<< "$serve_settings"
-# The engine's steps: those that admitted requests apart from the others.
-python3 - /tmp/serve-*.txt <<'PY'
+  profiles $out/decode-*.txt
+}
+
+batch() {
+  "$mi" batch --model $gemma --input /tmp/s256.txt --max-tokens 4 --batch-size 32 --json > /dev/null 2>&1
+  while read -r name vars; do
+    d=$(env $vars python3 xtask/python/bench_batch.py $gemma batch /tmp/s256.txt 32 128 1 2> /dev/null | median_tps)
+    m=$(env $vars MLX_INFER_STEP_PROFILE=$out/batch-$name.txt "$mi" batch --model $gemma --input /tmp/s256.txt \
+      --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 | median_tps)
+    echo "batch $name mlx_lm $d mlx-infer $m"
+  done <<< "$settings"
+  profiles $out/batch-*.txt
+}
+
+# The server at 32 streams under the first SERVE_SETTINGS settings (both
+# sides restarted for each), then the engine's steps, those that admitted
+# requests apart from the others.
+serve() {
+  if ! python3 -c 'import openai' 2> /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/oai "$wheels"/*.whl
+    export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  up() {
+    for _ in $(seq 240); do
+      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$1/v1/models', timeout=2)" \
+        2> /dev/null && return
+      sleep 0.5
+    done
+  }
+  while read -r name vars; do
+    env $vars MLX_INFER_STEP_PROFILE=/tmp/serve-$name.txt "$mi" serve --port 8101 --max-batch 32 \
+      --model $qwen 2> /dev/null &
+    local a=$!
+    env $vars python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
+    local b=$!
+    up 8101
+    up 8102
+    for r in warm 1 2; do
+      for side in "mlx_lm 8102 $qwen" "mlx-infer 8101 default"; do
+        set -- $side
+        res=$(python3 xtask/python/bench_serve.py http://127.0.0.1:$2/v1 $3 32 64 64 2>&1 | tail -1)
+        [ $r = warm ] || echo "serve $name $1 $res"
+      done
+    done
+    kill $a $b 2> /dev/null
+    wait $a $b 2> /dev/null
+  done <<< "$(echo "$settings" | head -n ${SERVE_SETTINGS:-2})"
+  python3 - /tmp/serve-*.txt <<'PY'
 import statistics, sys
 for path in sys.argv[1:]:
     steps = [dict(p.split("=") for p in l.split()[1:]) for l in open(path) if l.startswith("engine ")]
@@ -126,14 +146,21 @@ for path in sys.argv[1:]:
                 f"{k}={statistics.median(float(s[k]) for s in chosen):.0f}/max{max(float(s[k]) for s in chosen):.0f}"
                 for k in ("rows", "admitted", "read_us", "remove_us", "decode_us", "admit_us")))
 PY
+}
 
 # Classification (default settings): 4096 and 16,384 sentences, each a
 # fresh process; the steady rate is the extra 12,288 over the extra time.
-"$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json > /dev/null 2>&1
-for r in $(seq ${CLASSIFY_ROUNDS:-2}); do
-  a=$("$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json 2> /dev/null | tail -1)
-  b=$("$mi" classify --model $gemma --input /tmp/s16k.txt --batch-size 512 --json 2> /dev/null | tail -1)
-  python3 -c "import json,sys; a,b=(json.loads(x)['inputs_per_s'] for x in sys.argv[1:]); \
+classify() {
+  "$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json > /dev/null 2>&1
+  for r in $(seq ${CLASSIFY_ROUNDS:-2}); do
+    a=$("$mi" classify --model $gemma --input /tmp/s4k.txt --batch-size 512 --json 2> /dev/null | tail -1)
+    b=$("$mi" classify --model $gemma --input /tmp/s16k.txt --batch-size 512 --json 2> /dev/null | tail -1)
+    python3 -c "import json,sys; a,b=(json.loads(x)['inputs_per_s'] for x in sys.argv[1:]); \
 print(f'classify 4096 {a:.0f}/s 16384 {b:.0f}/s steady {12288/(16384/b-4096/a):.0f}/s')" "$a" "$b"
+  done
+  [ -n "${SKIP_OPS:-}" ] || python3 xtask/gpu/classify_ops.py $gemma 512 18
+}
+
+for part in $parts; do
+  $part
 done
-[ -n "${SKIP_OPS:-}" ] || python3 xtask/gpu/classify_ops.py $gemma 512 18
