@@ -94,6 +94,9 @@ fn read_inputs(
 const CLASSIFY_CHUNK: std::ops::RangeInclusive<usize> = 1024..=65536;
 /// Seconds of work per call of `classify` once the rate is known.
 const CHUNK_SECONDS: f64 = 2.0;
+/// Inputs per call when the model is spread over the ranks of a launch,
+/// whose calls must match one for one.
+const SPREAD_CHUNK: usize = 4096;
 
 /// The next call's size after `done` inputs took `seconds`.
 fn next_chunk(done: usize, seconds: f64) -> usize {
@@ -141,7 +144,10 @@ pub fn classify(args: ClassifyArgs) -> Result<i32> {
     // Ranks of a distributed launch classify in step: their calls keep
     // one size rather than each following its own clock.
     let spread = args.distributed.is_spread();
-    let (mut from, mut size) = (0, *CLASSIFY_CHUNK.start());
+    let (mut from, mut size) = match spread {
+        true => (0, SPREAD_CHUNK),
+        false => (0, *CLASSIFY_CHUNK.start()),
+    };
     while from < parsed.len() {
         let chunk = &parsed[from..(from + size).min(parsed.len())];
         from += chunk.len();

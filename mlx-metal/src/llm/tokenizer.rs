@@ -170,13 +170,15 @@ impl Tokenizer {
     }
 
     /// [`encode`](Self::encode) of each `(text, add_special)`, spread over
-    /// the machine's cores; ids in the order of `texts`.
+    /// the machine's cores; ids in the order of `texts`, or the error of
+    /// the first text that fails.
     pub fn encode_all<S: AsRef<str> + Sync>(&self, texts: &[(S, bool)]) -> Result<Vec<Vec<u32>>> {
         use rayon::prelude::*;
-        texts
+        let encoded: Vec<Result<Vec<u32>>> = texts
             .par_iter()
             .map(|(text, add)| self.encode(text.as_ref(), *add))
-            .collect()
+            .collect();
+        encoded.into_iter().collect()
     }
 
     /// Text of `ids`, special tokens included (as Hugging Face's `decode`).
