@@ -283,3 +283,47 @@ fn continuous_batching_gives_each_input_its_own_answer() {
         assert_eq!(c.ids, alone, "input {}", c.index);
     }
 }
+
+#[test]
+fn inputs_tokenized_together_equal_mlx_lm_ids_in_input_order_on_every_fixture() {
+    for dir in fixture_models() {
+        let r = reference(&dir);
+        let model = NativeModel::load(&dir).unwrap();
+        let raw = r["raw"]["prompt"].as_str().unwrap();
+        let chat = messages(&r["chat"]["messages"]);
+        let (raw_ids, chat_ids) = (ids(&r["raw"]["prompt_ids"]), ids(&r["chat"]["prompt_ids"]));
+        // A prompt that already starts with the BOS token gets no second
+        // one, as when encoded alone.
+        let with_bos = model
+            .tokenizer()
+            .bos_token()
+            .map(|bos| format!("{bos}{raw}"));
+        let mut inputs = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..64 {
+            inputs.push(Input::Prompt(format!("{raw} {i}")));
+            want.push(
+                model
+                    .tokenizer()
+                    .encode_prompt(&format!("{raw} {i}"))
+                    .unwrap(),
+            );
+            inputs.push(Input::Chat(chat.clone()));
+            want.push(chat_ids.clone());
+            inputs.push(Input::Prompt(raw.into()));
+            want.push(raw_ids.clone());
+            if let Some(p) = &with_bos {
+                inputs.push(Input::Prompt(p.clone()));
+                want.push(model.tokenizer().encode_prompt(p).unwrap());
+            }
+        }
+        let got = model.encode_inputs(&inputs).unwrap();
+        assert_eq!(got, want, "{}", dir.display());
+        if let Some(p) = &with_bos {
+            let bos = model.tokenizer().encode(p, false).unwrap()[0];
+            let ids = &got[3];
+            assert_eq!(ids[0], bos, "{}", dir.display());
+            assert_ne!(ids.get(1), Some(&bos), "{}: BOS twice", dir.display());
+        }
+    }
+}
