@@ -216,6 +216,13 @@ impl KvCache {
     }
 }
 
+/// The int32 index array of `rows`, for taking those rows (axis 0) of a
+/// batch's arrays.
+pub(crate) fn row_index(rows: &[usize]) -> Result<Array> {
+    let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+    Array::from_vec(&idx)
+}
+
 /// The slots of a fixed cache of `capacity` positions for a layer with
 /// sliding window `window` (`None`: full attention).
 pub fn fixed_slots(window: Option<i32>, capacity: i32) -> i32 {
@@ -529,8 +536,7 @@ impl BatchCache {
                 self.left.len()
             )));
         }
-        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-        let idx = Array::from_vec(&idx)?;
+        let idx = row_index(rows)?;
         if let Some((k, v)) = self.kv.take() {
             self.kv = Some((k.take(&idx, 0)?, v.take(&idx, 0)?));
         }

@@ -41,6 +41,7 @@ use crate::llm::generate::{finite_witness, PREFILL_STEP};
 use crate::llm::profile;
 use crate::llm::sampler::{Sampler, SamplerSettings};
 use crate::llm::NativeModel;
+use crate::nn::cache::row_index;
 use crate::nn::lora::AdapterRows;
 use crate::{async_eval, clear_cache, Array, Dtype, Result};
 
@@ -110,8 +111,7 @@ impl Pending {
 
     /// Only the rows `keep` (in that order).
     fn filter(self, keep: &[usize]) -> Result<Pending> {
-        let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
-        let idx = Array::from_vec(&idx)?;
+        let idx = row_index(keep)?;
         let mut logprobs = self.logprobs;
         let logprobs = keep.iter().map(|&r| logprobs[r].take()).collect();
         Ok(Pending {
