@@ -52,28 +52,6 @@ pub fn print_graph(outputs: &[&Array]) -> Result<String> {
     })
 }
 
-/// How many operations [`print_graph`] lists for `outputs`, and how many
-/// of them are fused kernels (MLX `Compiled` nodes).
-pub fn operation_totals(outputs: &[&Array]) -> Result<(usize, usize)> {
-    let ops = count_operations(outputs)?;
-    let fused = ops
-        .iter()
-        .filter(|(k, _)| k.starts_with("Compiled"))
-        .map(|(_, n)| n)
-        .sum();
-    Ok((ops.values().sum(), fused))
-}
-
-/// The operations of `outputs` by kind, most frequent first, as
-/// `Kind:count` words (for the step profile).
-pub fn operation_kinds(outputs: &[&Array]) -> Result<String> {
-    let ops = count_operations(outputs)?;
-    let mut kinds: Vec<_> = ops.iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}:{n}")).collect();
-    Ok(kinds.join(" "))
-}
-
 /// How many operations of each kind [`print_graph`] lists for `outputs`.
 pub fn count_operations(outputs: &[&Array]) -> Result<BTreeMap<String, usize>> {
     let text = print_graph(outputs)?;

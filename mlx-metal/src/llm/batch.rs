@@ -18,7 +18,7 @@ use crate::llm::models::Architecture;
 use crate::llm::profile;
 use crate::llm::sampler::Sampler;
 use crate::llm::tokenizer::{Detokenizer, Tokenizer};
-use crate::nn::cache::KvCache;
+use crate::nn::cache::{row_index, KvCache};
 use crate::{async_eval, clear_cache, eval, Array, Dtype, Error, Result};
 
 /// Rows decoding together, with their batch caches.
@@ -613,8 +613,7 @@ impl<'m> BatchGeneration<'m> {
                 if let Some(b) = &mut self.batch {
                     b.filter(&keep)?;
                 }
-                let idx: Vec<i32> = keep.iter().map(|&r| r as i32).collect();
-                let idx = Array::from_vec(&idx)?;
+                let idx = row_index(&keep)?;
                 following = following
                     .map(|(next, check)| {
                         Ok::<_, Error>((next.take(&idx, 0)?, check.take(&idx, 0)?))
@@ -673,14 +672,7 @@ impl<'m> BatchGeneration<'m> {
         let next = sampler.sample(logits, None)?;
         let build = profile::lap(&mut t);
         if generated == 2 * batch.rows() && profile::enabled() {
-            // A listing that fails only leaves its lines out.
-            let outputs = [&next, &check];
-            if let Ok(kinds) = crate::graph::operation_kinds(&outputs) {
-                profile::record(|| format!("batch-graph-kinds {kinds}"));
-            }
-            if let Ok((total, fused)) = crate::graph::operation_totals(&outputs) {
-                profile::record(|| format!("batch-graph ops={total} fused={fused}"));
-            }
+            profile::record_graph("batch-graph", &[&next, &check]);
             t = Instant::now();
         }
         let mut state = batch.state();

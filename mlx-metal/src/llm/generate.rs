@@ -310,18 +310,12 @@ impl<'a> Generation<'a> {
         let build = profile::lap(&mut t);
         if self.timing.generated == 2 && profile::enabled() {
             // What one steady step is made of (listing it takes time, so
-            // once, and outside the timed parts). A listing that fails
-            // only leaves its lines out.
-            if let Ok(kinds) = crate::graph::operation_kinds(&[&step.token]) {
-                profile::record(|| format!("decode-graph-kinds {kinds}"));
-            }
-            let mode = match self.stepper.compiled {
-                Some(_) => "compiled",
-                None => "eager",
+            // once, and outside the timed parts).
+            let name = match self.stepper.compiled {
+                Some(_) => "decode-graph-compiled",
+                None => "decode-graph-eager",
             };
-            if let Ok((total, fused)) = crate::graph::operation_totals(&[&step.token]) {
-                profile::record(|| format!("decode-graph-{mode} ops={total} fused={fused}"));
-            }
+            profile::record_graph(name, &[&step.token]);
             t = Instant::now();
         }
         step.start()?;

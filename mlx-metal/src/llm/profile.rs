@@ -10,7 +10,8 @@
 //! and `decode wait_us=240 pid=4242` when its token is read; once per
 //! generation, `decode-graph-eager ops=311 fused=0` (or `-compiled`): the
 //! operations of one steady decode step, and how many of them are fused
-//! kernels of a compiled step.
+//! kernels of a compiled step, with `decode-graph-eager-kinds` counting
+//! them by kind ([`record_graph`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -52,6 +53,32 @@ pub fn record(line: impl FnOnce() -> String) {
             let _ = f.write_all(text.as_bytes());
         }
     }
+}
+
+/// Records what the graph of `outputs` is made of, when timings are on:
+/// `{name} ops=.. fused=..` (its operations, and how many are fused
+/// kernels, MLX `Compiled` nodes) and `{name}-kinds Kind:count ...` (most
+/// frequent first). Listing a graph takes time, so callers do it once and
+/// outside their timed parts; a listing that fails only leaves its lines
+/// out.
+pub fn record_graph(name: &str, outputs: &[&crate::Array]) {
+    if !enabled() {
+        return;
+    }
+    let Ok(ops) = crate::graph::count_operations(outputs) else {
+        return;
+    };
+    let total: usize = ops.values().sum();
+    let fused: usize = ops
+        .iter()
+        .filter(|(k, _)| k.starts_with("Compiled"))
+        .map(|(_, n)| n)
+        .sum();
+    record(|| format!("{name} ops={total} fused={fused}"));
+    let mut kinds: Vec<_> = ops.iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+    record(|| format!("{name}-kinds {}", kinds.join(" ")));
 }
 
 /// Microseconds since `t`, and `t` moved to now.
