@@ -13,9 +13,10 @@
 //! `MLX_INFER_DECODE=compiled` picks it; the default (`eager`) is the
 //! per-step graph. Not on the CPU by default: MLX builds each fused kernel
 //! with the system's C++ compiler the first time it is seen, seconds that
-//! a short generation never wins back. Not yet on a GPU by default either:
-//! that waits for its timing there against the per-step graph (attention
-//! through a mask over every slot may cost more than it saves).
+//! a short generation never wins back. Not on a GPU either: there it ran
+//! at 0.65x the per-step graph (its graph has more nodes, attention reads
+//! every slot through a mask, and fused kernels cost more to launch; see
+//! docs/performance.md).
 
 use crate::llm::models::Architecture;
 use crate::nn::cache::{grow_fixed, Kv, KvCache};
