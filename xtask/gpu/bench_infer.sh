@@ -42,42 +42,7 @@ mi=$bin/mlx-infer
 # fixtures, to try the script on a CPU).
 qwen=${QWEN_MODEL:-/tmp/bench-qwen3-0.6b-bf16}
 gemma=${GEMMA_MODEL:-/tmp/bench-gemma3-1b-bf16}
-need_qwen() { [ -d $qwen ] || python3 xtask/python/make_bench_model.py fixtures/qwen3 $qwen > /dev/null; }
-need_gemma() {
-  [ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "${tok:?TOK_DIR}" $gemma > /dev/null
-  python3 - <<'PY'
-S = ["The old farmer", "A young engineer", "My neighbour's cat", "The city council",
-     "Our small team", "The quiet student", "A travelling musician", "The new manager"]
-V = ["carefully repaired", "quickly forgot", "proudly presented", "slowly painted",
-     "happily shared", "angrily rejected", "finally finished", "secretly admired"]
-O = ["the broken wooden fence", "a long report about rivers", "the red kite on the hill",
-     "an old map of the harbour", "the results of the spring survey",
-     "a plan for the village library", "the recipe for apple bread", "the lights in the hall"]
-E = ["before the rain began.", "after a very long day.", "in front of everyone.",
-     "without saying a word.", "on a cold Monday morning.", "while the others slept."]
-s = [f"{S[i % 8]} {V[(i // 8) % 8]} {O[(i // 64 + i) % 8]} {E[(i // 3) % 6]}" for i in range(4096)]
-open("/tmp/s4k.txt", "w").write("\n".join(s) + "\n")
-open("/tmp/s16k.txt", "w").write("\n".join(s * 4) + "\n")
-open("/tmp/s256.txt", "w").write("\n".join(s[:256]) + "\n")
-PY
-}
-# Medians of the step profile's fields, per kind of line.
-summarise() {
-  python3 - "$@" <<'PY'
-import statistics, sys
-for path in sys.argv[1:]:
-    rows = {}
-    for line in open(path):
-        kind, *pairs = line.split()
-        if not pairs or "=" not in pairs[0]:
-            continue
-        for k, v in (p.split("=") for p in pairs):
-            if k != "pid":
-                rows.setdefault((kind, k), []).append(float(v))
-    for (kind, k), v in sorted(rows.items()):
-        print(f"{path}: {kind} {k} median {statistics.median(v):.0f} (n={len(v)})")
-PY
-}
+source "$(dirname "$0")/common.sh"
 
 if [[ " $parts " == *" decode "* ]]; then
   need_qwen
@@ -99,20 +64,12 @@ fi
 
 if [[ " $parts " == *" serve "* ]]; then
   need_qwen
-  if ! python3 -c 'import openai' 2> /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/oai "${wheels:?WHEELS_DIR}"/*.whl
-    export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
-  fi
+  need_openai "$wheels"
   MLX_INFER_STEP_PROFILE=$out/serve-prof.txt "$mi" serve --port 8101 --max-batch 32 \
     --model $qwen 2> $out/serve-mlx-infer.err &
   python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> $out/serve-mlx_lm.err &
-  for p in 8101 8102; do
-    for _ in $(seq 240); do
-      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$p/v1/models', timeout=2)" \
-        2> /dev/null && break
-      sleep 0.5
-    done
-  done
+  wait_up 8101
+  wait_up 8102
   drive() { # side port model streams
     echo "level $1 $4" >> $out/serve-prof.txt
     python3 xtask/python/bench_serve.py http://127.0.0.1:$2/v1 $3 $4 $((2 * $4)) 64 2>&1 | tail -1 | sed "s/^/serve $1 $4 /"

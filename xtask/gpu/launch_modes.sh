@@ -23,27 +23,12 @@ mi=$bin/mlx-infer
 # the script on a CPU).
 qwen=${QWEN_MODEL:-/tmp/bench-qwen3-0.6b-bf16}
 gemma=${GEMMA_MODEL:-/tmp/bench-gemma3-1b-bf16}
-[ -d $qwen ] || python3 xtask/python/make_bench_model.py fixtures/qwen3 $qwen > /dev/null
+source "$(dirname "$0")/common.sh"
+need_qwen
 parts=${PARTS:-decode batch serve classify}
-has() { [[ " $parts " == *" $1 "* ]]; }
-if has batch || has classify; then
-  [ -d $gemma ] || python3 xtask/python/make_gemma3_bench_model.py "$tok" $gemma > /dev/null
+if [[ " $parts " == *" batch "* || " $parts " == *" classify "* ]]; then
+  need_gemma
 fi
-python3 - <<'PY'
-S = ["The old farmer", "A young engineer", "My neighbour's cat", "The city council",
-     "Our small team", "The quiet student", "A travelling musician", "The new manager"]
-V = ["carefully repaired", "quickly forgot", "proudly presented", "slowly painted",
-     "happily shared", "angrily rejected", "finally finished", "secretly admired"]
-O = ["the broken wooden fence", "a long report about rivers", "the red kite on the hill",
-     "an old map of the harbour", "the results of the spring survey",
-     "a plan for the village library", "the recipe for apple bread", "the lights in the hall"]
-E = ["before the rain began.", "after a very long day.", "in front of everyone.",
-     "without saying a word.", "on a cold Monday morning.", "while the others slept."]
-s = [f"{S[i % 8]} {V[(i // 8) % 8]} {O[(i // 64 + i) % 8]} {E[(i // 3) % 6]}" for i in range(4096)]
-open("/tmp/s256.txt", "w").write("\n".join(s[:256]) + "\n")
-open("/tmp/s4k.txt", "w").write("\n".join(s) + "\n")
-open("/tmp/s16k.txt", "w").write("\n".join(s * 4) + "\n")
-PY
 settings=${SETTINGS:-"default
 graphs0 MLX_USE_CUDA_GRAPHS=0
 ops100 MLX_MAX_OPS_PER_BUFFER=100 MLX_MAX_MB_PER_BUFFER=1000"}
@@ -52,26 +37,6 @@ prompt=$(python3 -c 'print("The quick brown fox jumps over the lazy dog. " * 20)
 median_tps() {
   python3 -c 'import json,sys,statistics as s; print(round(s.median(json.loads(l)["generation_tps"] for l in sys.stdin if l.startswith("{"))))'
 }
-# Medians of the step-profile fields in each file.
-profiles() {
-  python3 - "$@" <<'PY'
-import statistics, sys
-for path in sys.argv[1:]:
-    rows, kinds = {}, set()
-    for line in open(path):
-        kind, *pairs = line.split()
-        if kind.endswith("-kinds"):
-            kinds.add(line.rsplit(" pid=", 1)[0])
-        elif pairs and "=" in pairs[0]:
-            for k, v in (p.split("=") for p in pairs):
-                if k != "pid":
-                    rows.setdefault((kind, k), []).append(float(v))
-    print(path.split("/")[-1], " ".join(f"{kind}.{k}={statistics.median(v):.0f}" for (kind, k), v in sorted(rows.items())))
-    for k in sorted(kinds):
-        print(path.split("/")[-1], k)
-PY
-}
-
 decode() {
   echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
   echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 8 1 model > /dev/null 2>&1
@@ -88,7 +53,7 @@ decode() {
       echo "decode $name round $r mlx_lm $d mlx-infer $m$o"
     done <<< "$settings"
   done
-  profiles $out/decode-*.txt
+  summarise $out/decode-*.txt
 }
 
 batch() {
@@ -99,32 +64,22 @@ batch() {
       --max-tokens 128 --batch-size 32 --json 2> /dev/null | tail -1 | median_tps)
     echo "batch $name mlx_lm $d mlx-infer $m"
   done <<< "$settings"
-  profiles $out/batch-*.txt
+  summarise $out/batch-*.txt
 }
 
 # The server at 32 streams under the first SERVE_SETTINGS settings (both
 # sides restarted for each), then the engine's steps, those that admitted
 # requests apart from the others.
 serve() {
-  if ! python3 -c 'import openai' 2> /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/oai "$wheels"/*.whl
-    export PYTHONPATH=/tmp/oai${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  up() {
-    for _ in $(seq 240); do
-      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$1/v1/models', timeout=2)" \
-        2> /dev/null && return
-      sleep 0.5
-    done
-  }
+  need_openai "$wheels"
   while read -r name vars; do
     env $vars MLX_INFER_STEP_PROFILE=/tmp/serve-$name.txt "$mi" serve --port 8101 --max-batch 32 \
       --model $qwen 2> /dev/null &
     local a=$!
     env $vars python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
     local b=$!
-    up 8101
-    up 8102
+    wait_up 8101
+    wait_up 8102
     for r in warm 1 2; do
       for side in "mlx_lm 8102 $qwen" "mlx-infer 8101 default"; do
         set -- $side
