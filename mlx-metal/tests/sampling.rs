@@ -159,3 +159,33 @@ fn a_trailing_partial_character_is_flushed_as_the_full_decode_does() {
     text.push_str(&detok.finish().unwrap());
     assert_eq!(text, tok.decode(cut).unwrap());
 }
+
+#[test]
+fn tokens_that_decode_to_nothing_hold_nothing_back() {
+    for name in ["llama", "qwen3", "gemma3_text"] {
+        let model = NativeModel::load(&fixtures().join(name)).unwrap();
+        let tok = model.tokenizer();
+        // an id past the tokenizer's vocabulary decodes to nothing
+        let skipped = 1_000_000;
+        assert_eq!(tok.decode(&[skipped]).unwrap(), "", "{name}");
+        let ids = tok.encode("The cat sat", false).unwrap();
+        let mut detok = tok.detokenizer();
+        let mut pieces = vec![detok.add(ids[0]).unwrap()];
+        for &id in &[skipped, skipped] {
+            assert_eq!(detok.add(id).unwrap(), "", "{name}");
+            assert!(!detok.pending(), "{name}: a token with no text is held");
+        }
+        for &id in &ids[1..] {
+            pieces.push(detok.add(id).unwrap());
+        }
+        pieces.push(detok.finish().unwrap());
+        let mut all = vec![ids[0], skipped, skipped];
+        all.extend(&ids[1..]);
+        assert_eq!(
+            pieces.concat(),
+            tok.decode(&all).unwrap(),
+            "{name}: {pieces:?}"
+        );
+        assert_eq!(pieces.concat(), "The cat sat", "{name}: {pieces:?}");
+    }
+}

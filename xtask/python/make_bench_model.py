@@ -2,7 +2,10 @@
 
 28 layers, hidden 1024, 16 query / 8 key-value heads of 128, MLP 3072,
 vocabulary 151936, tied embeddings: the shapes of Qwen3-0.6B. The tokenizer
-is the qwen3 fixture's (its ids are a subset of the vocabulary).
+is the qwen3 fixture's (its ids are a subset of the vocabulary); the
+embedding rows of the ids it cannot decode (and of its special tokens) are
+zero, so the model only ever picks tokens that are text and a server
+streams text, as with a real model.
 
 Usage: python make_bench_model.py FIXTURE_TOKENIZER_DIR OUT_DIR [KEY=VALUE ...]
 
@@ -11,6 +14,7 @@ of the same family, e.g. `hidden_size=8192 num_hidden_layers=56
 intermediate_size=28672 num_attention_heads=64` (about 49B parameters).
 """
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -37,22 +41,39 @@ CONFIG = {
 }
 
 
+def text_rows(tokenizer_json, vocab_size):
+    """`[vocab_size, 1]`: 1 for the ids the tokenizer decodes to text (its
+    vocabulary, special tokens excepted), 0 for the others."""
+    t = json.loads(Path(tokenizer_json).read_text())
+    special = {a["id"] for a in t.get("added_tokens", []) if a.get("special")}
+    keep = [0.0] * vocab_size
+    for i in t["model"]["vocab"].values():
+        if i < vocab_size and i not in special:
+            keep[i] = 1.0
+    return mx.array(keep)[:, None]
+
+
 def save_random_model(model, config, src, out, norms_at_one=True):
     """Gives `model` seeded random bf16 weights (scale 0.02; norms around 1
-    when `norms_at_one`, for families that multiply by the stored weight)
-    and writes it with `config` and SRC's tokenizer files to OUT, through a
-    temporary folder so OUT is complete or absent."""
+    when `norms_at_one`, for families that multiply by the stored weight;
+    output rows of ids that SRC's tokenizer cannot decode to text at zero,
+    so greedy decoding picks text) and writes it with `config` and SRC's
+    tokenizer files to OUT, through a temporary folder so OUT is complete
+    or absent."""
     src, out = Path(src), Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     mx.random.seed(0)
+    rows = text_rows(src / "tokenizer.json", config["vocab_size"])
     params = []
     for name, p in tree_flatten(model.parameters()):
         value = mx.random.normal(p.shape) * 0.02
         if norms_at_one and "norm" in name:
             value = value + 1.0
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            value = value * rows
         params.append((name, value.astype(mx.bfloat16)))
     model.update(tree_unflatten(params))
     mx.eval(model.parameters())

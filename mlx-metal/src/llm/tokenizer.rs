@@ -254,7 +254,8 @@ impl Tokenizer {
 /// Each step decodes a short window (from a few tokens back, so decoders
 /// that strip a leading space see the same context as a full decode) and
 /// emits what the newest tokens added, once it no longer ends in an
-/// incomplete character.
+/// incomplete character. A token that adds no text (one the tokenizer
+/// skips when decoding) is final at once, so it holds nothing back.
 pub struct Detokenizer<'a> {
     tokenizer: &'a Tokenizer,
     ids: Vec<u32>,
@@ -271,14 +272,21 @@ impl Detokenizer<'_> {
             .tokenizer
             .decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        if text.len() > prefix.len() && text.starts_with(&prefix) && !text.ends_with('\u{FFFD}') {
-            let new = text[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            self.emitted += new.len();
-            return Ok(new);
+        if !text.starts_with(&prefix) || text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
         }
-        Ok(String::new())
+        if text.len() == prefix.len() {
+            // A token that decodes to nothing (an id the tokenizer skips)
+            // is final as it is; the window keeps its start, so the next
+            // token is decoded with the same context.
+            self.read_offset = self.ids.len();
+            return Ok(String::new());
+        }
+        let new = text[prefix.len()..].to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        self.emitted += new.len();
+        Ok(new)
     }
 
     /// Whether some added tokens have not yet produced their text.
