@@ -893,3 +893,47 @@ fn at_most_max_batch_rows_run_and_a_part_read_prompt_can_be_cancelled() {
     );
     assert_eq!((engine.pending(), engine.running()), (0, 0));
 }
+
+#[test]
+fn prompts_continuing_stored_prefixes_of_different_lengths_are_read_together_correctly() {
+    for dir in fixture_models() {
+        let mut model = NativeModel::load(&dir).unwrap();
+        let inputs = inputs(&dir);
+        let want: Vec<_> = inputs
+            .iter()
+            .map(|i| alone(&mut model, i, &greedy(4)))
+            .collect();
+        let mut engine = model.engine(&EngineOptions::default()).unwrap();
+        // Every prompt once, so that each is stored.
+        let first: Vec<_> = (0..inputs.len() as u64)
+            .map(|id| {
+                (
+                    0,
+                    id,
+                    EngineRequest::new(inputs[id as usize].clone(), greedy(4)),
+                )
+            })
+            .collect();
+        run(engine.as_mut(), first);
+        // All again in one step: each continues its stored prefix (of its
+        // own length) with one token left, so all are read in one forward
+        // pass, their prefixes merged into one left-padded batch.
+        let again: Vec<_> = (0..inputs.len() as u64)
+            .map(|id| {
+                (
+                    0,
+                    100 + id,
+                    EngineRequest::new(inputs[id as usize].clone(), greedy(4)),
+                )
+            })
+            .collect();
+        let out = run(engine.as_mut(), again);
+        for (id, o) in &out {
+            let i = (*id - 100) as usize;
+            let (prompt, cached) = o.started.unwrap();
+            assert_eq!(cached, prompt - 1, "{}: input {i}", dir.display());
+            assert_eq!(o.ids, want[i].0, "{}: input {i}", dir.display());
+            assert_eq!(o.text, want[i].1, "{}: input {i}", dir.display());
+        }
+    }
+}

@@ -12,10 +12,12 @@
 //!    (`async_eval`) before anything reads it;
 //! 4. waiting requests are prefilled, in arrival order, at most
 //!    `prefill_step_size` prompt tokens in all per step: fresh prompts
-//!    that fit are read together in one left-padded batch, the others
-//!    (continuing a stored prefix, or too long) each in a one-row batch of
-//!    its own, over several steps if need be; a request whose prompt is
-//!    read samples its first token and joins the batch.
+//!    that fit are read together in one left-padded batch; the others
+//!    (continuing a stored prefix, or too long) start from a one-row
+//!    batch of their own, read over several steps if need be, and those
+//!    whose last tokens are read in the same step with as many tokens
+//!    left are read together; a request whose prompt is read samples its
+//!    first token and joins the batch.
 //!
 //! Greedy rows are sampled together (one argmax over the batch); a row
 //! with temperature, a repetition penalty or a seed is sampled alone with
@@ -29,7 +31,7 @@ mod row;
 
 pub use replicated::{Follower, Leader};
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use inference::{
     Engine, EngineEvent, EngineOptions, EngineRequest, Input, RequestId, StopReason, TextModel,
@@ -394,7 +396,9 @@ impl<'m> NativeEngine<'m> {
     /// Fresh prompts that fit the budget whole are read together in one
     /// left-padded batch; a prompt that continues a stored prefix, or is
     /// too long for what is left of the budget, is read in its own
-    /// one-row batch, over several steps if need be.
+    /// one-row batch, over several steps if need be, and the prompts whose
+    /// last tokens come in the same step with as many tokens left are read
+    /// together (their one-row batches merged).
     fn admit(&mut self, events: &mut Vec<EngineEvent>) -> Result<()> {
         let arch = self.model.architecture();
         let mut budget = self.options.prefill_step_size;
@@ -403,6 +407,9 @@ impl<'m> NativeEngine<'m> {
         let mut skipped = 0;
         let mut together: Vec<RequestId> = Vec::new();
         let mut joined: Vec<(Vec<Running<'m>>, Batch<'m>, Array)> = Vec::new();
+        // Prompts read apart whose last tokens are read this step, by how
+        // many tokens are left.
+        let mut continuing: BTreeMap<usize, Vec<(Waiting<'m>, row::Prefill<'m>)>> = BTreeMap::new();
         let mut joining = 0;
         while budget > 0
             && skipped < self.waiting.len()
@@ -462,12 +469,34 @@ impl<'m> NativeEngine<'m> {
                 skipped += 1;
                 continue;
             }
-            let logits = p.batch.last_logits(&chunk)?;
+            // The rest of the prompt is read this step, together with the
+            // other prompts whose rests have as many tokens.
             let mut w = self.waiting.remove(skipped).expect("in range");
             let p = w.prefill.take().expect("set above");
-            let rows = self.start(vec![w], &p.batch, p.cached, events)?;
             joining += 1;
-            joined.push((rows, p.batch, logits));
+            continuing.entry(n).or_default().push((w, p));
+        }
+        for (n, group) in continuing {
+            let mut ids = Vec::with_capacity(group.len() * n);
+            let mut adapters = Vec::with_capacity(group.len());
+            let mut cached = Vec::with_capacity(group.len());
+            let mut batches = Vec::with_capacity(group.len());
+            let mut requests = Vec::with_capacity(group.len());
+            for (w, p) in group {
+                ids.extend(w.prompt[p.done..].iter().map(|&t| t as i32));
+                adapters.push(w.adapter);
+                cached.push(p.cached);
+                batches.push(p.batch);
+                requests.push(w);
+            }
+            let rows = requests.len() as i32;
+            let mut batches = batches.into_iter();
+            let mut batch = batches.next().expect("a group has a request");
+            batch.extend_many(batches.collect())?;
+            self.select(&adapters)?;
+            let logits = batch.last_logits(&Array::from_slice(&ids, &[rows, n as i32])?)?;
+            let rows = self.start(requests, &batch, &cached, events)?;
+            joined.push((rows, batch, logits));
         }
         if !together.is_empty() {
             let (group, rest): (Vec<_>, Vec<_>) = self
@@ -479,7 +508,8 @@ impl<'m> NativeEngine<'m> {
             self.select(&adapters)?;
             let prompts: Vec<&[u32]> = group.iter().map(|w| w.prompt.as_slice()).collect();
             let (batch, logits) = Batch::prefill(arch, &prompts, PREFILL_STEP)?;
-            let rows = self.start(group, &batch, 0, events)?;
+            let fresh = vec![0; group.len()];
+            let rows = self.start(group, &batch, &fresh, events)?;
             joined.push((rows, batch, logits));
         }
         if joined.is_empty() {
@@ -516,20 +546,21 @@ impl<'m> NativeEngine<'m> {
     }
 
     /// Requests whose prompts `batch` has read (row `r` is `requests[r]`,
-    /// `cached` of each prompt from the prefix cache): stores their
+    /// `cached[r]` of its prompt from the prefix cache): stores their
     /// prompts in the prefix cache, reports them started and makes their
     /// rows.
     fn start(
         &mut self,
         requests: Vec<Waiting<'_>>,
         batch: &Batch<'_>,
-        cached: usize,
+        cached: &[usize],
         events: &mut Vec<EngineEvent>,
     ) -> Result<Vec<Running<'m>>> {
         requests
             .into_iter()
+            .zip(cached)
             .enumerate()
-            .map(|(r, w)| {
+            .map(|(r, (w, &cached))| {
                 self.prefix.store(&w.prompt, w.adapter, batch.caches(), r)?;
                 events.push(EngineEvent::Started {
                     id: w.id,
