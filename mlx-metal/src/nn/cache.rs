@@ -389,22 +389,40 @@ impl KvCache {
     /// cache no longer holds the row's whole history (a sliding-window
     /// layer dropped its oldest columns) or holds nothing for it.
     pub fn row_kv(&self, r: usize) -> Result<Option<(Array, Array)>> {
-        let KvCache::Batch(c) = self else {
-            return Err(Error::InvalidArgument("not a batch cache".into()));
-        };
-        let (Some((k, v)), Some(&left)) = (&c.kv, c.left.get(r)) else {
+        let (KvCache::Batch(c), Some(from)) = (self, self.row_start(r)?) else {
             return Ok(None);
         };
-        let from = left - c.start;
-        if from < 0 || from >= c.idx {
+        let Some((k, v)) = &c.kv else {
             return Ok(None);
-        }
+        };
         let row = |a: &Array| -> Result<Array> {
             a.slice_axis(0, r as i32, r as i32 + 1)?
                 .slice_axis(2, from, c.idx)?
                 .contiguous()
         };
         Ok(Some((row(k)?, row(v)?)))
+    }
+
+    /// How many positions [`row_kv`](Self::row_kv) would give for row `r`
+    /// (`None` where it gives none), without copying anything.
+    pub fn row_len(&self, r: usize) -> Result<Option<i32>> {
+        let KvCache::Batch(c) = self else {
+            return Err(Error::InvalidArgument("not a batch cache".into()));
+        };
+        Ok(self.row_start(r)?.map(|from| c.idx - from))
+    }
+
+    /// The buffer slot of row `r`'s first position, when the cache holds
+    /// the row's whole history.
+    fn row_start(&self, r: usize) -> Result<Option<i32>> {
+        let KvCache::Batch(c) = self else {
+            return Err(Error::InvalidArgument("not a batch cache".into()));
+        };
+        let (Some(_), Some(&left)) = (&c.kv, c.left.get(r)) else {
+            return Ok(None);
+        };
+        let from = left - c.start;
+        Ok((from >= 0 && from < c.idx).then_some(from))
     }
 
     /// A one-row batch cache that has read the positions in `keys` and

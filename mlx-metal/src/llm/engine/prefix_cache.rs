@@ -102,19 +102,21 @@ impl PrefixCache {
         if self.capacity == 0 {
             return Ok(());
         }
-        let mut layers = Vec::with_capacity(caches.len());
+        // What every layer holds of the row, before copying anything: a
+        // prompt that is already stored only refreshes its entry.
+        let mut n = None;
         for c in caches {
-            match c.row_kv(r)? {
-                Some(kv) => layers.push(kv),
-                None => return Ok(()),
+            match (c.row_len(r)?, n) {
+                (None, _) => return Ok(()),
+                (Some(len), Some(m)) if len != m => return Ok(()),
+                (Some(len), _) => n = Some(len),
             }
         }
-        let Some(n) = layers.first().map(|(k, _)| k.dim(2)).transpose()? else {
+        let Some(n) = n else {
             return Ok(());
         };
         let n = n as usize;
-        if n == 0 || n > tokens.len() || layers.iter().any(|(k, _)| k.dim(2).ok() != Some(n as i32))
-        {
+        if n == 0 || n > tokens.len() {
             return Ok(());
         }
         let tokens = &tokens[..n];
@@ -126,6 +128,13 @@ impl PrefixCache {
             let entry = self.entries.remove(i);
             self.entries.push(entry);
             return Ok(());
+        }
+        let mut layers = Vec::with_capacity(caches.len());
+        for c in caches {
+            match c.row_kv(r)? {
+                Some(kv) => layers.push(kv),
+                None => return Ok(()),
+            }
         }
         self.entries.retain(|e| {
             !(e.adapter == adapter
