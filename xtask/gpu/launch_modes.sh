@@ -8,7 +8,8 @@
 # device after `mlx-cuda-carry.sh install`, like bench_infer.sh:
 #   OUT=$OUT bash xtask/gpu/launch_modes.sh .gpu-bin .devbench/wheels .devbench/tok
 # Each setting is one line of `NAME VAR=VALUE...`; "default" sets nothing.
-# PARTS (default "decode batch serve classify") picks what runs and in
+# PARTS (default "decode batch serve classify"; "opcost" adds
+# xtask/gpu/op_costs.py under each setting) picks what runs and in
 # which order; SERVE_SETTINGS: how many settings the server runs under (2);
 # CLASSIFY_ROUNDS (2); SKIP_OPS=1 leaves classify_ops.py out.
 set -uo pipefail
@@ -114,6 +115,13 @@ classify() {
 print(f'classify 4096 {a:.0f}/s 16384 {b:.0f}/s steady {12288/(16384/b-4096/a):.0f}/s')" "$a" "$b"
   done
   [ -n "${SKIP_OPS:-}" ] || python3 xtask/gpu/classify_ops.py $gemma 512 18
+}
+
+# MLX's evaluation cost per operation, by kind, under each setting.
+opcost() {
+  while read -r name vars; do
+    env $vars python3 xtask/gpu/op_costs.py 1000 | sed "s/^/$name /"
+  done <<< "$settings"
 }
 
 for part in $parts; do
