@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{fixture_models, reference};
+use common::{fixture_models, fixtures, reference};
 use inference::{
     Engine, EngineEvent, EngineOptions, EngineRequest, Error, GenerateOptions, Input, LoadOptions,
     Message, StopReason, TextModel, TokenLogprobs,
@@ -935,5 +935,59 @@ fn prompts_continuing_stored_prefixes_of_different_lengths_are_read_together_cor
             assert_eq!(o.ids, want[i].0, "{}: input {i}", dir.display());
             assert_eq!(o.text, want[i].1, "{}: input {i}", dir.display());
         }
+    }
+}
+
+#[test]
+fn prefixes_stored_beside_long_rows_of_a_sliding_window_model_give_the_same_answers() {
+    // A Gemma 3 fixture (sliding window of 8): a long prompt makes the
+    // window layers drop old columns, the short rows' among them; rows
+    // then join, finish and store their prefixes, and later requests
+    // continue from those. Arrival steps from a fixed pseudo-random
+    // sequence (the schedule that once stored a short row's history with
+    // its dropped columns padded back as zeros).
+    let dir = fixtures().join("gemma3_text-8bit");
+    let mut model = NativeModel::load(&dir).unwrap();
+    let base = "The quick brown fox jumps over the lazy dog. ";
+    let mut inputs = Vec::new();
+    for (i, n) in [1, 2, 3, 5, 8, 13, 21, 34].iter().enumerate() {
+        let p = format!("{i}: {}", base.repeat(*n));
+        inputs.push(Input::Prompt(p.clone()));
+        inputs.push(Input::Chat(vec![Message::user(&p)]));
+    }
+    let want: Vec<_> = inputs
+        .iter()
+        .map(|i| alone(&mut model, i, &greedy(16)))
+        .collect();
+    let mut state = 12345u64;
+    let mut next = move |m: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % m
+    };
+    // the 41st schedule of the sequence
+    let mut steps: Vec<usize> = Vec::new();
+    for _ in 0..41 {
+        steps = (0..32).map(|_| next(25) as usize).collect();
+    }
+    let mut engine = model.engine(&EngineOptions::default()).unwrap();
+    let schedule: Vec<_> = steps
+        .iter()
+        .enumerate()
+        .map(|(id, &s)| {
+            (
+                s,
+                id as u64,
+                EngineRequest::new(inputs[id % 16].clone(), greedy(16)),
+            )
+        })
+        .collect();
+    let out = run(engine.as_mut(), schedule);
+    let hits = out.values().filter(|o| o.started.unwrap().1 > 1).count();
+    assert!(hits >= 8, "{hits} requests continued a stored prefix");
+    for (id, o) in &out {
+        let i = *id as usize % 16;
+        assert_eq!(o.ids, want[i].0, "request {id} (input {i})");
     }
 }

@@ -317,6 +317,11 @@ pub struct BatchCache {
     idx: i32,
     /// Column of each row's first real token.
     left: Vec<i32>,
+    /// Per row, the first column whose keys and values this cache still
+    /// holds (after `left` once a window layer dropped some of the row's
+    /// own columns: merging may then pad those columns back with zeros,
+    /// and the row's history is no longer whole).
+    held_from: Vec<i32>,
     window: Option<i32>,
     /// Keeps nothing: one forward pass whose keys and values are not needed
     /// afterwards (classification).
@@ -329,6 +334,7 @@ impl KvCache {
     pub fn batch(left_padding: &[i32], window: Option<i32>) -> KvCache {
         KvCache::Batch(BatchCache {
             left: left_padding.to_vec(),
+            held_from: left_padding.to_vec(),
             window,
             ..Default::default()
         })
@@ -340,6 +346,7 @@ impl KvCache {
     pub fn batch_transient(left_padding: &[i32], window: Option<i32>) -> KvCache {
         KvCache::Batch(BatchCache {
             left: left_padding.to_vec(),
+            held_from: left_padding.to_vec(),
             window,
             transient: true,
             ..Default::default()
@@ -421,6 +428,9 @@ impl KvCache {
         let (Some(_), Some(&left)) = (&c.kv, c.left.get(r)) else {
             return Ok(None);
         };
+        if c.held_from[r] > left {
+            return Ok(None);
+        }
         let from = left - c.start;
         Ok((from >= 0 && from < c.idx).then_some(from))
     }
@@ -434,6 +444,7 @@ impl KvCache {
             kv: Some((keys, values)),
             idx,
             left: vec![0],
+            held_from: vec![0],
             window,
             ..Default::default()
         }))
@@ -513,6 +524,8 @@ impl BatchCache {
         }
         self.start += excess;
         self.idx -= excess;
+        let start = self.start;
+        self.held_from.iter_mut().for_each(|h| *h = (*h).max(start));
         Ok(())
     }
 
@@ -559,6 +572,7 @@ impl BatchCache {
             self.kv = Some((k.take(&idx, 0)?, v.take(&idx, 0)?));
         }
         self.left = rows.iter().map(|&r| self.left[r]).collect();
+        self.held_from = rows.iter().map(|&r| self.held_from[r]).collect();
         // Columns before every remaining row's first token are padding only.
         let unused = self
             .left
@@ -588,6 +602,7 @@ impl BatchCache {
             let shift = end - o.end();
             o.start += shift;
             o.left.iter_mut().for_each(|l| *l += shift);
+            o.held_from.iter_mut().for_each(|h| *h += shift);
         }
         if self.kv.is_none() || others.iter().any(|o| o.kv.is_none()) {
             // Some side has written nothing yet: nothing to align, one at a
@@ -602,6 +617,7 @@ impl BatchCache {
                 self.start = start;
                 self.idx = idx;
                 self.left.extend(o.left);
+                self.held_from.extend(o.held_from);
             }
             return Ok(());
         }
@@ -635,6 +651,7 @@ impl BatchCache {
         self.start = start;
         for o in others {
             self.left.extend(o.left);
+            self.held_from.extend(o.held_from);
         }
         Ok(())
     }
@@ -892,6 +909,46 @@ mod tests {
         assert_eq!(rows(&one), rows(&many));
         // three rows, left-padded to the longest history (5 positions)
         assert_eq!(many.state()[0].shape(), vec![3, 1, 5, 1]);
+    }
+
+    #[test]
+    fn a_row_whose_window_columns_were_dropped_is_not_whole_after_a_merge() {
+        // A window layer's batch cache over a long row drops the columns
+        // that left the window, the short row's own columns among them.
+        let window = Some(4);
+        let mut long = KvCache::batch(&[0], window);
+        update(&mut long, 0, 300);
+        let mut short = KvCache::batch(&[0], window);
+        update(&mut short, 0, 3);
+        long.extend(short).unwrap();
+        for _ in 0..STEP {
+            let k = positions_from(0, 1).broadcast_to(&[2, 1, 1, 1]).unwrap();
+            long.update_and_fetch(&k, &k).unwrap();
+        }
+        assert_eq!(long.row_len(1).unwrap(), None, "the short row lost columns");
+        // Merging in a row that goes back to the short row's first column
+        // (as many columns as a window cache keeps before dropping) pads
+        // the buffer back to it with zeros: the short row's history is
+        // still not whole.
+        let short_left = {
+            let c = long.as_batch().unwrap();
+            c.left[1]
+        };
+        let end = long.as_batch().unwrap().end();
+        let mut old = KvCache::batch(&[0], window);
+        update(&mut old, 0, end - short_left);
+        long.extend(old).unwrap();
+        assert!(
+            long.as_batch().unwrap().start <= short_left,
+            "the merge padded"
+        );
+        assert_eq!(long.row_len(1).unwrap(), None);
+        assert!(long.row_kv(1).unwrap().is_none());
+        // A row that joined whole stays whole.
+        let mut fresh = KvCache::batch(&[0], window);
+        update(&mut fresh, 0, 5);
+        long.extend(fresh).unwrap();
+        assert_eq!(long.row_len(3).unwrap(), Some(5));
     }
 
     #[test]
