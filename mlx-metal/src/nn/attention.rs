@@ -74,7 +74,7 @@ enum Qkv {
         q: Linear,
         k: Linear,
         v: Linear,
-        joined: Option<Joined>,
+        joined: Option<Box<Joined>>,
     },
     Fused(Linear),
 }
@@ -82,7 +82,7 @@ enum Qkv {
 impl Qkv {
     /// Separate projections, joined when they can be.
     fn separate(mut q: Linear, mut k: Linear, mut v: Linear) -> Result<Qkv> {
-        let joined = Joined::join(&mut [&mut q, &mut k, &mut v])?;
+        let joined = Joined::join(&mut [&mut q, &mut k, &mut v])?.map(Box::new);
         Ok(Qkv::Separate { q, k, v, joined })
     }
 }
@@ -92,6 +92,8 @@ impl Qkv {
 pub struct Attention {
     qkv: Qkv,
     o_proj: Linear,
+    /// `o_proj` with its weight kept transposed, while nothing replaces it.
+    o_prepared: Option<Joined>,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     rope: Rope,
@@ -152,9 +154,12 @@ impl Attention {
                 QkNorm::OffsetOne => w.rms_norm_offset_one(&p, head_dim, c.eps).map(Some),
             }
         };
+        let o_proj =
+            w.linear_share(&format!("{prefix}.o_proj"), q_out, hidden, c.o_bias, Inputs)?;
         Ok(Attention {
             qkv,
-            o_proj: w.linear_share(&format!("{prefix}.o_proj"), q_out, hidden, c.o_bias, Inputs)?,
+            o_prepared: Joined::single(&o_proj)?,
+            o_proj,
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             rope: c.rope.clone(),
@@ -164,10 +169,16 @@ impl Attention {
         })
     }
 
-    /// `x`: `[B, L, hidden]` → `[B, L, hidden]`, reading and extending `cache`.
+    /// `x`: `[B, L, hidden]` → `[B, L, hidden]`, or `[B, hidden]` (one
+    /// position per row) → `[B, hidden]`, reading and extending `cache`.
     pub fn forward(&self, x: &Array, mask: &Mask, cache: &mut KvCache) -> Result<Array> {
         let dims = x.shape();
-        let (b, l) = (dims[0], dims[1]);
+        let rows = dims.len() == 2;
+        let (b, l) = if rows {
+            (dims[0], 1)
+        } else {
+            (dims[0], dims[1])
+        };
         let Heads {
             heads,
             kv_heads,
@@ -225,12 +236,16 @@ impl Attention {
             Some(cap) => self.softcapped(&q, &k, &v, mask, cap)?,
         };
         let o = match l {
+            1 if rows => o.reshape(&[b, heads * head_dim])?,
             1 => o.reshape(&[b, 1, heads * head_dim])?,
             _ => o
                 .transpose_axes(&[0, 2, 1, 3])?
                 .reshape(&[b, l, heads * head_dim])?,
         };
-        self.o_proj.forward(&o)
+        match &self.o_prepared {
+            Some(o_proj) => o_proj.product(&o),
+            None => self.o_proj.forward(&o),
+        }
     }
 
     /// Keeps rank `rank`'s share of the heads for tensor parallelism over
@@ -262,6 +277,7 @@ impl Attention {
             shard_linear(v, Split::Outputs, rank, size, kv_out)?,
         )?;
         self.o_proj = shard_linear(&self.o_proj, Split::Inputs, rank, size, q_out)?;
+        self.o_prepared = Joined::single(&self.o_proj)?;
         self.heads.heads = heads / size;
         self.heads.kv_heads = kv_heads / size;
         Ok(())
@@ -344,6 +360,13 @@ impl Module for Attention {
             Qkv::Fused(qkv) => qkv.visit(&join(prefix, "qkv_proj"), v)?,
         }
         self.o_proj.visit(&join(prefix, "o_proj"), v)?;
+        if self
+            .o_prepared
+            .as_ref()
+            .is_some_and(|j| !j.matches(&[&self.o_proj]))
+        {
+            self.o_prepared = None;
+        }
         if let Some(n) = &mut self.q_norm {
             n.visit(&join(prefix, "q_norm"), v)?;
         }

@@ -7,7 +7,12 @@
 //! ones, so the join costs no memory — and the join is dropped as soon as
 //! anything replaces one of the parts' arrays (an adapter, a training
 //! update, a shard), after which the parts run on their own again.
+//!
+//! A dense join also keeps its weight transposed (a view, made once), so
+//! a product adds no transpose operation to each step's graph; a single
+//! dense layer is "joined" for that alone ([`Joined::single`]).
 
+use crate::nn::linear::dense_product;
 use crate::nn::Linear;
 use crate::{Array, QuantizedWeight, Result};
 
@@ -19,6 +24,8 @@ pub(crate) struct Joined {
     splits: Vec<i32>,
     /// The parts' array handles when they were joined.
     handles: Vec<usize>,
+    /// A dense join's weight, transposed.
+    weight_t: Option<Array>,
 }
 
 /// The handles of a plain (dense or quantised) layer's arrays; `None` for
@@ -179,11 +186,31 @@ impl Joined {
         let Some(handles) = all_handles(&views) else {
             return Ok(None);
         };
-        Ok(Some(Joined {
+        Joined::made(linear, splits, handles).map(Some)
+    }
+
+    /// A single dense layer with its weight kept transposed; `None` for
+    /// any other kind of layer.
+    pub(crate) fn single(part: &Linear) -> Result<Option<Joined>> {
+        match (part, handles(part)) {
+            (Linear::Dense { .. }, Some(handles)) => {
+                Joined::made(part.clone(), Vec::new(), handles).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn made(linear: Linear, splits: Vec<i32>, handles: Vec<usize>) -> Result<Joined> {
+        let weight_t = match &linear {
+            Linear::Dense { weight, .. } => Some(weight.transpose()?),
+            _ => None,
+        };
+        Ok(Joined {
             linear,
             splits,
             handles,
-        }))
+            weight_t,
+        })
     }
 
     /// Whether `parts` are still the layers this join was made from (no
@@ -194,7 +221,17 @@ impl Joined {
 
     /// Each part's output for `x`, from one product.
     pub(crate) fn forward(&self, x: &Array) -> Result<Vec<Array>> {
-        self.linear.forward(x)?.split_at(&self.splits, -1)
+        self.product(x)?.split_at(&self.splits, -1)
+    }
+
+    /// The product of all the parts (the layer's output for a single one).
+    pub(crate) fn product(&self, x: &Array) -> Result<Array> {
+        match (&self.linear, &self.weight_t) {
+            (Linear::Dense { weight, bias }, Some(wt)) => {
+                dense_product(x, weight, Some(wt), bias.as_ref())
+            }
+            _ => self.linear.forward(x),
+        }
     }
 }
 
@@ -287,6 +324,36 @@ mod tests {
             }
         };
         check(vec![q(8, 5), q(16, 6)], 64);
+    }
+
+    #[test]
+    fn a_single_dense_layer_keeps_its_weight_transposed_until_replaced() {
+        for bias in [false, true] {
+            let mut layer = dense(8, 16, bias, 4);
+            let x = normal(&[2, 16], 7);
+            let want = layer.forward(&x).unwrap();
+            let prepared = Joined::single(&layer).unwrap().expect("dense");
+            let y = prepared.product(&x).unwrap();
+            assert!(max_diff(&y, &want) < 1e-6);
+            // the product's graph transposes nothing (the plain layer's does)
+            let ops = |a: &Array| crate::graph::count_operations(&[a]).unwrap();
+            assert!(!ops(&y).contains_key("Transpose"), "{:?}", ops(&y));
+            assert!(ops(&layer.forward(&x).unwrap()).contains_key("Transpose"));
+            assert!(prepared.matches(&[&layer]));
+            layer.visit("o_proj", &mut Replace).unwrap();
+            assert!(!prepared.matches(&[&layer]), "a replaced weight ends it");
+        }
+        let Linear::Dense { weight, .. } = dense(8, 64, false, 5) else {
+            unreachable!()
+        };
+        let q = Linear::Quantized {
+            weight: weight.quantize(32, 4).unwrap(),
+            bias: None,
+        };
+        assert!(
+            Joined::single(&q).unwrap().is_none(),
+            "nothing to transpose"
+        );
     }
 
     #[test]

@@ -122,6 +122,34 @@ fn measure_matvec() -> Result<bool> {
     Ok(matvec < gemm)
 }
 
+/// `x @ weight^T + bias`; `weight_t`, when given, is `weight^T` made
+/// beforehand (a view), which spares the product's graph a transpose.
+pub(crate) fn dense_product(
+    x: &Array,
+    weight: &Array,
+    weight_t: Option<&Array>,
+    bias: Option<&Array>,
+) -> Result<Array> {
+    if let Some(y) = row_times_transposed(x, weight)? {
+        return match bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        };
+    }
+    let made;
+    let wt = match weight_t {
+        Some(wt) => wt,
+        None => {
+            made = weight.transpose()?;
+            &made
+        }
+    };
+    match bias {
+        Some(b) => x.addmm(b, wt, 1.0, 1.0),
+        None => x.matmul(wt),
+    }
+}
+
 /// A linear layer. Weights are `[out, in]` as in Hugging Face and MLX.
 #[derive(Debug, Clone)]
 pub enum Linear {
@@ -150,19 +178,7 @@ impl Linear {
     /// Applies the layer to `x` (`[..., in]` → `[..., out]`).
     pub fn forward(&self, x: &Array) -> Result<Array> {
         match self {
-            Linear::Dense { weight, bias } => {
-                if let Some(y) = row_times_transposed(x, weight)? {
-                    return match bias {
-                        Some(b) => y.add(b),
-                        None => Ok(y),
-                    };
-                }
-                let wt = weight.transpose()?;
-                match bias {
-                    Some(b) => x.addmm(b, &wt, 1.0, 1.0),
-                    None => x.matmul(&wt),
-                }
-            }
+            Linear::Dense { weight, bias } => dense_product(x, weight, None, bias.as_ref()),
             Linear::Quantized { weight, bias } => {
                 let y = x.quantized_matmul(weight, true)?;
                 match bias {

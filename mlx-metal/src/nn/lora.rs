@@ -255,6 +255,12 @@ impl MultiLora {
         let masks = self.rows.lock().clone();
         for (delta, mask) in self.adapters.iter().zip(&masks) {
             if let (Some(delta), Some(mask)) = (delta, mask) {
+                // `[rows, 1, 1]` against `[rows, L, out]`; `[rows, 1]`
+                // against one position per row, `[rows, out]`.
+                let mask = match x.ndim() {
+                    2 => mask.reshape(&[-1, 1])?,
+                    _ => mask.clone(),
+                };
                 let z = delta.apply(x)?.multiply(&mask.astype(x.dtype())?)?;
                 y = y.add(&z)?;
             }

@@ -32,6 +32,8 @@ impl GateUp {
 pub struct Mlp {
     gate_up: GateUp,
     down_proj: Linear,
+    /// `down_proj` with its weight kept transposed, while nothing replaces it.
+    down_prepared: Option<Joined>,
     activation: Activation,
     /// Hidden units of the whole layer (all ranks together).
     units: i32,
@@ -49,18 +51,15 @@ impl Mlp {
         activation: Activation,
     ) -> Result<Mlp> {
         use crate::nn::shard::Split::{Inputs, Outputs};
+        let down_proj =
+            w.linear_share(&format!("{prefix}.down_proj"), inter, hidden, bias, Inputs)?;
         Ok(Mlp {
             gate_up: GateUp::separate(
                 w.linear_share(&format!("{prefix}.gate_proj"), hidden, inter, bias, Outputs)?,
                 w.linear_share(&format!("{prefix}.up_proj"), hidden, inter, bias, Outputs)?,
             )?,
-            down_proj: w.linear_share(
-                &format!("{prefix}.down_proj"),
-                inter,
-                hidden,
-                bias,
-                Inputs,
-            )?,
+            down_prepared: Joined::single(&down_proj)?,
+            down_proj,
             activation,
             units: inter,
         })
@@ -75,6 +74,7 @@ impl Mlp {
         inter: i32,
         activation: Activation,
     ) -> Result<Mlp> {
+        let down_proj = w.linear(&format!("{prefix}.down_proj"), inter, hidden, false)?;
         Ok(Mlp {
             gate_up: GateUp::Fused(w.linear(
                 &format!("{prefix}.gate_up_proj"),
@@ -82,7 +82,8 @@ impl Mlp {
                 2 * inter,
                 false,
             )?),
-            down_proj: w.linear(&format!("{prefix}.down_proj"), inter, hidden, false)?,
+            down_prepared: Joined::single(&down_proj)?,
+            down_proj,
             activation,
             units: inter,
         })
@@ -104,6 +105,7 @@ impl Mlp {
             shard_linear(up, Split::Outputs, rank, size, units)?,
         )?;
         self.down_proj = shard_linear(&self.down_proj, Split::Inputs, rank, size, units)?;
+        self.down_prepared = Joined::single(&self.down_proj)?;
         Ok(())
     }
 
@@ -131,7 +133,10 @@ impl Mlp {
                 gated(self.activation, &gate, &up)?
             }
         };
-        self.down_proj.forward(&h)
+        match &self.down_prepared {
+            Some(down) => down.product(&h),
+            None => self.down_proj.forward(&h),
+        }
     }
 }
 
@@ -147,6 +152,14 @@ impl Module for Mlp {
             }
             GateUp::Fused(gate_up) => gate_up.visit(&join(prefix, "gate_up_proj"), v)?,
         }
-        self.down_proj.visit(&join(prefix, "down_proj"), v)
+        self.down_proj.visit(&join(prefix, "down_proj"), v)?;
+        if self
+            .down_prepared
+            .as_ref()
+            .is_some_and(|j| !j.matches(&[&self.down_proj]))
+        {
+            self.down_prepared = None;
+        }
+        Ok(())
     }
 }

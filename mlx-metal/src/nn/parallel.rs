@@ -75,6 +75,13 @@ pub fn run_blocks<B: Block>(
             h = group.recv_like(&h, group.rank() - 1)?;
         }
     }
+    // One position per row (decoding): the blocks take `[B, hidden]`, so
+    // every matrix product reads a matrix as it is, where `[B, 1, hidden]`
+    // costs each product a flatten and an unflatten operation.
+    let rows = (n == 1 && checkpoint.is_none()).then(|| h.shape());
+    if let Some(shape) = &rows {
+        h = h.reshape(&[shape[0], shape[2]])?;
+    }
     let work = blocks[range.clone()]
         .iter()
         .zip(caches[range.clone()].iter_mut())
@@ -86,6 +93,9 @@ pub fn run_blocks<B: Block>(
             (None, Some(names)) if cache.is_transient() => checkpointed(b, i, &h, mask, names)?,
             _ => b.forward(&h, mask, cache)?,
         };
+    }
+    if let Some(shape) = &rows {
+        h = h.reshape(shape)?;
     }
     if let Some(Parallel::Pipeline { group, .. }) = parallel {
         let (rank, size) = (group.rank(), group.size());
