@@ -11,7 +11,8 @@
 # PARTS (default "decode batch serve classify"; "opcost" adds
 # xtask/gpu/op_costs.py under each setting) picks what runs and in
 # which order; SERVE_SETTINGS: how many settings the server runs under (2);
-# CLASSIFY_ROUNDS (2); SKIP_OPS=1 leaves classify_ops.py out.
+# DECODE_ROUNDS (2, five runs per side each); CLASSIFY_ROUNDS (2);
+# SKIP_OPS=1 leaves classify_ops.py out.
 set -uo pipefail
 bin=$(cd "${1:?BIN_DIR}" && pwd)
 wheels=${2:?WHEELS_DIR}
@@ -41,7 +42,7 @@ median_tps() {
 decode() {
   echo "$prompt" | "$mi" bench --model $qwen --max-tokens 8 --runs 1 > /dev/null 2>&1
   echo "$prompt" | python3 xtask/python/bench_mlx_lm.py $qwen 8 1 model > /dev/null 2>&1
-  for r in 1 2; do
+  for r in $(seq ${DECODE_ROUNDS:-2}); do
     while read -r name vars; do
       d=$(echo "$prompt" | env $vars python3 xtask/python/bench_mlx_lm.py $qwen 128 5 model 2> /dev/null | median_tps)
       m=$(echo "$prompt" | env $vars MLX_INFER_STEP_PROFILE=$out/decode-$name.txt "$mi" bench --model $qwen \
