@@ -67,7 +67,10 @@ if [[ " $parts " == *" serve "* ]]; then
   need_openai "$wheels"
   MLX_INFER_STEP_PROFILE=$out/serve-prof.txt "$mi" serve --port 8101 --max-batch 32 \
     --model $qwen 2> $out/serve-mlx-infer.err &
-  python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> $out/serve-mlx_lm.err &
+  # the CUDA graph cache mlx-infer gives itself (MLX's default of 400
+  # kills mlx_lm.server's generation thread under a changing batch)
+  MLX_CUDA_GRAPH_CACHE_SIZE=${MLX_CUDA_GRAPH_CACHE_SIZE:-4096} \
+    python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> $out/serve-mlx_lm.err &
   wait_up 8101
   wait_up 8102
   drive() { # side port model streams

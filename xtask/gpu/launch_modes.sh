@@ -78,7 +78,8 @@ serve() {
     env $vars MLX_INFER_STEP_PROFILE=/tmp/serve-$name.txt "$mi" serve --port 8101 --max-batch 32 \
       --model $qwen 2> /dev/null &
     local a=$!
-    env $vars python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
+    env MLX_CUDA_GRAPH_CACHE_SIZE=${MLX_CUDA_GRAPH_CACHE_SIZE:-4096} $vars \
+      python3 -m mlx_lm server --model $qwen --port 8102 --log-level WARNING 2> /dev/null &
     local b=$!
     wait_up 8101
     wait_up 8102

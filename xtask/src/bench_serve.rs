@@ -100,6 +100,12 @@ fn start_mlx_lm(python: &Path, model: &Path, preload: Option<&Path>) -> Result<(
     if let Some(lib) = preload {
         cmd.env("LD_PRELOAD", lib);
     }
+    // The CUDA graph cache mlx-infer gives itself (on a GPU, MLX's default
+    // of 400 graphs kills mlx_lm.server's generation thread under a
+    // changing batch); nothing on a CPU.
+    if std::env::var_os("MLX_CUDA_GRAPH_CACHE_SIZE").is_none() {
+        cmd.env("MLX_CUDA_GRAPH_CACHE_SIZE", "4096");
+    }
     let child = cmd
         .args(["-m", "mlx_lm", "server", "--model"])
         .arg(model)
