@@ -353,20 +353,12 @@ impl Module for Attention {
                 q.visit(&join(prefix, "q_proj"), v)?;
                 k.visit(&join(prefix, "k_proj"), v)?;
                 vp.visit(&join(prefix, "v_proj"), v)?;
-                if joined.as_ref().is_some_and(|j| !j.matches(&[q, k, vp])) {
-                    *joined = None;
-                }
+                Joined::drop_if_replaced(joined, &[q, k, vp]);
             }
             Qkv::Fused(qkv) => qkv.visit(&join(prefix, "qkv_proj"), v)?,
         }
         self.o_proj.visit(&join(prefix, "o_proj"), v)?;
-        if self
-            .o_prepared
-            .as_ref()
-            .is_some_and(|j| !j.matches(&[&self.o_proj]))
-        {
-            self.o_prepared = None;
-        }
+        Joined::drop_if_replaced(&mut self.o_prepared, &[&self.o_proj]);
         if let Some(n) = &mut self.q_norm {
             n.visit(&join(prefix, "q_norm"), v)?;
         }

@@ -12,6 +12,8 @@
 //! a product adds no transpose operation to each step's graph; a single
 //! dense layer is "joined" for that alone ([`Joined::single`]).
 
+use std::borrow::Borrow;
+
 use crate::nn::linear::dense_product;
 use crate::nn::Linear;
 use crate::{Array, QuantizedWeight, Result};
@@ -211,6 +213,15 @@ impl Joined {
             handles,
             weight_t,
         })
+    }
+
+    /// Drops `joined` once `parts` are no longer the layers it was made
+    /// from (a visitor replaced one of their arrays); the parts then run
+    /// on their own.
+    pub(crate) fn drop_if_replaced<J: Borrow<Joined>>(joined: &mut Option<J>, parts: &[&Linear]) {
+        if joined.as_ref().is_some_and(|j| !j.borrow().matches(parts)) {
+            *joined = None;
+        }
     }
 
     /// Whether `parts` are still the layers this join was made from (no

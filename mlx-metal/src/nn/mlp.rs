@@ -146,20 +146,12 @@ impl Module for Mlp {
             GateUp::Separate { gate, up, joined } => {
                 gate.visit(&join(prefix, "gate_proj"), v)?;
                 up.visit(&join(prefix, "up_proj"), v)?;
-                if joined.as_ref().is_some_and(|j| !j.matches(&[gate, up])) {
-                    *joined = None;
-                }
+                Joined::drop_if_replaced(joined, &[gate, up]);
             }
             GateUp::Fused(gate_up) => gate_up.visit(&join(prefix, "gate_up_proj"), v)?,
         }
         self.down_proj.visit(&join(prefix, "down_proj"), v)?;
-        if self
-            .down_prepared
-            .as_ref()
-            .is_some_and(|j| !j.matches(&[&self.down_proj]))
-        {
-            self.down_prepared = None;
-        }
+        Joined::drop_if_replaced(&mut self.down_prepared, &[&self.down_proj]);
         Ok(())
     }
 }
